@@ -1,0 +1,1 @@
+"""Exporter for Ollama model state and NVIDIA GPU metrics."""

@@ -1,0 +1,249 @@
+"""Every metric the proxy exposes: names, help, labels and buckets, in one place.
+
+Dashboards and alert rules import the names from here (``REQUESTS.name`` …) instead of
+copying strings, and a test proves that every PromQL expression they contain names a
+metric defined in this module or in :mod:`exporter.metrics`.
+
+Metrics are instantiated per :class:`ProxyMetrics` object on a registry of its own, so
+tests and benchmarks can run several proxies in one process without sharing counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+# Label names shared by every instrumented series.
+REQUEST_LABELS = ("endpoint", "route", "arm", "model")
+
+# Buckets: OpenTelemetry GenAI semantic conventions, with vLLM's long tail added so a cold
+# load of a 70B model (minutes) does not vanish into +Inf.
+DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    163.84, 327.68, 655.36,
+)
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0,
+)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+PHASE_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
+    160.0, 320.0, 640.0,
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric's identity. ``name`` is the name as it appears in PromQL (``…_total``
+    included for counters); ``series`` lists every sample name Prometheus will store."""
+
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = field(default=())
+    unit: str = ""
+
+    @property
+    def base(self) -> str:
+        """The name prometheus_client wants (counters without ``_total``)."""
+        if self.type == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        if self.type == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        if self.type == "counter":
+            return (self.name, f"{self.base}_created")
+        return (self.name,)
+
+
+# --- request path ------------------------------------------------------------------
+REQUESTS = MetricSpec(
+    "ollama_proxy_requests_total", "counter",
+    "Requests answered by the proxy, by endpoint, route, arm, model, session and error type "
+    "(error_type=\"none\" on success).",
+    REQUEST_LABELS + ("session", "error_type"),
+)
+REQUEST_DURATION = MetricSpec(
+    "ollama_proxy_request_duration_seconds", "histogram",
+    "Time from request arrival to the last byte sent to the client.",
+    REQUEST_LABELS, DURATION_BUCKETS, "seconds",
+)
+TIME_TO_FIRST_TOKEN = MetricSpec(
+    "ollama_proxy_time_to_first_token_seconds", "histogram",
+    "Streams: request arrival to the first chunk carrying generated content. Non-stream: "
+    "upstream load_duration + prompt_eval_duration.",
+    REQUEST_LABELS, TTFT_BUCKETS, "seconds",
+)
+TIME_PER_OUTPUT_TOKEN = MetricSpec(
+    "ollama_proxy_time_per_output_token_seconds", "histogram",
+    "Decode time per generated token (eval_duration / eval_count when the upstream reports "
+    "it, else the gap between first and last content chunk over completion tokens).",
+    REQUEST_LABELS, TPOT_BUCKETS, "seconds",
+)
+TOKENS = MetricSpec(
+    "ollama_proxy_tokens_total", "counter",
+    "Tokens processed, kind=\"prompt\" (input) or \"completion\" (generated).",
+    REQUEST_LABELS + ("session", "kind"),
+)
+UPSTREAM_LOAD_DURATION = MetricSpec(
+    "ollama_proxy_upstream_load_duration_seconds", "histogram",
+    "Upstream-reported load_duration: time Ollama spent loading the model (cold starts).",
+    REQUEST_LABELS, PHASE_BUCKETS, "seconds",
+)
+UPSTREAM_PROMPT_EVAL_DURATION = MetricSpec(
+    "ollama_proxy_upstream_prompt_eval_duration_seconds", "histogram",
+    "Upstream-reported prompt_eval_duration: time to process the prompt.",
+    REQUEST_LABELS, PHASE_BUCKETS, "seconds",
+)
+UPSTREAM_EVAL_DURATION = MetricSpec(
+    "ollama_proxy_upstream_eval_duration_seconds", "histogram",
+    "Upstream-reported eval_duration: time spent generating the completion.",
+    REQUEST_LABELS, PHASE_BUCKETS, "seconds",
+)
+IN_FLIGHT = MetricSpec(
+    "ollama_proxy_in_flight_requests", "gauge",
+    "Requests being forwarded upstream right now.",
+    ("route", "arm", "model"),
+)
+QUEUE_LENGTH = MetricSpec(
+    "ollama_proxy_queue_length", "gauge",
+    "Requests waiting for an admission slot (max_in_flight).",
+)
+SESSION_LABELS = MetricSpec(
+    "ollama_proxy_session_labels", "gauge",
+    "Distinct session label values live right now (at most session_label_cap).",
+)
+SESSION_LABELS_EVICTED = MetricSpec(
+    "ollama_proxy_session_labels_evicted_total", "counter",
+    "Session label values evicted after session_label_ttl; their series were removed.",
+)
+UNPARSED_LINES = MetricSpec(
+    "ollama_proxy_unparsed_lines_total", "counter",
+    "Stream lines forwarded but not parsed (longer than the line limit, or not JSON).",
+    ("endpoint", "reason"),
+)
+BUILD_INFO = MetricSpec(
+    "ollama_proxy_build_info", "gauge",
+    "Always 1; the proxy's version in a label.",
+    ("version",),
+)
+
+# --- routing control plane -----------------------------------------------------------
+ROUTE_INFO = MetricSpec(
+    "ollama_proxy_route_info", "gauge",
+    "Always 1 per route: which models the stable and canary arms serve right now.",
+    ("route", "stable", "canary"),
+)
+ROUTE_CANARY_WEIGHT = MetricSpec(
+    "ollama_proxy_route_canary_weight", "gauge",
+    "Percentage (0-100) of sessions routed to the canary arm.",
+    ("route",),
+)
+ROUTE_ROLLED_BACK = MetricSpec(
+    "ollama_proxy_route_rolled_back", "gauge",
+    "1 while the route is rolled back (canary weight forced to 0), else 0.",
+    ("route",),
+)
+ROUTE_CHANGES = MetricSpec(
+    "ollama_proxy_route_changes_total", "counter",
+    "Route changes by reason (admin, config, alert:<name>, breaker, reconcile, promote, resume).",
+    ("route", "reason"),
+)
+BREAKER_CANARY_FAILURE_RATIO = MetricSpec(
+    "ollama_proxy_breaker_canary_failure_ratio", "gauge",
+    "Server-side failure ratio of the canary arm over the breaker window (0-1).",
+    ("route",),
+)
+ALERTMANAGER_NOTIFICATIONS = MetricSpec(
+    "ollama_proxy_alertmanager_notifications_total", "counter",
+    "Alerts received on the Alertmanager webhook, by outcome "
+    "(applied, duplicate, ignored, invalid, unauthorized).",
+    ("outcome",),
+)
+ALERTMANAGER_RECONCILES = MetricSpec(
+    "ollama_proxy_alertmanager_reconciles_total", "counter",
+    "Polls of Alertmanager's API for active rollback alerts, by outcome (ok, error).",
+    ("outcome",),
+)
+CONFIG_RELOADS = MetricSpec(
+    "ollama_proxy_config_reloads_total", "counter",
+    "Config file reloads by outcome (success, failure).",
+    ("outcome",),
+)
+STATE_ERRORS = MetricSpec(
+    "ollama_proxy_state_errors_total", "counter",
+    "State file problems by kind (corrupt, write).",
+    ("kind",),
+)
+
+ALL: tuple[MetricSpec, ...] = (
+    REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS,
+    UPSTREAM_LOAD_DURATION, UPSTREAM_PROMPT_EVAL_DURATION, UPSTREAM_EVAL_DURATION,
+    IN_FLIGHT, QUEUE_LENGTH, SESSION_LABELS, SESSION_LABELS_EVICTED, UNPARSED_LINES,
+    BUILD_INFO,
+    ROUTE_INFO, ROUTE_CANARY_WEIGHT, ROUTE_ROLLED_BACK, ROUTE_CHANGES,
+    BREAKER_CANARY_FAILURE_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
+    CONFIG_RELOADS, STATE_ERRORS,
+)
+
+# error_type values (docs/metrics.md explains each). Server-side ones count against a canary.
+ERROR_TYPES = (
+    "none", "bad_request", "unauthorized", "model_not_found", "upstream_4xx", "upstream_5xx",
+    "overloaded", "connect", "timeout", "stream_interrupted", "client_disconnect",
+)
+SERVER_SIDE_ERRORS = frozenset({"upstream_5xx", "timeout", "connect", "stream_interrupted"})
+
+
+def _build(spec: MetricSpec, registry: CollectorRegistry):
+    if spec.type == "counter":
+        return Counter(spec.base, spec.help, spec.labels, registry=registry)
+    if spec.type == "gauge":
+        return Gauge(spec.base, spec.help, spec.labels, registry=registry)
+    return Histogram(spec.base, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+
+
+class ProxyMetrics:
+    """The live metric objects of one proxy, each an attribute named after its spec."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        m = lambda spec: _build(spec, self.registry)  # noqa: E731
+        self.requests = m(REQUESTS)
+        self.request_duration = m(REQUEST_DURATION)
+        self.ttft = m(TIME_TO_FIRST_TOKEN)
+        self.tpot = m(TIME_PER_OUTPUT_TOKEN)
+        self.tokens = m(TOKENS)
+        self.load_duration = m(UPSTREAM_LOAD_DURATION)
+        self.prompt_eval_duration = m(UPSTREAM_PROMPT_EVAL_DURATION)
+        self.eval_duration = m(UPSTREAM_EVAL_DURATION)
+        self.in_flight = m(IN_FLIGHT)
+        self.queue_length = m(QUEUE_LENGTH)
+        self.session_labels = m(SESSION_LABELS)
+        self.session_labels_evicted = m(SESSION_LABELS_EVICTED)
+        self.unparsed_lines = m(UNPARSED_LINES)
+        self.build_info = m(BUILD_INFO)
+        self.route_info = m(ROUTE_INFO)
+        self.route_canary_weight = m(ROUTE_CANARY_WEIGHT)
+        self.route_rolled_back = m(ROUTE_ROLLED_BACK)
+        self.route_changes = m(ROUTE_CHANGES)
+        self.breaker_canary_failure_ratio = m(BREAKER_CANARY_FAILURE_RATIO)
+        self.alertmanager_notifications = m(ALERTMANAGER_NOTIFICATIONS)
+        self.alertmanager_reconciles = m(ALERTMANAGER_RECONCILES)
+        self.config_reloads = m(CONFIG_RELOADS)
+        self.state_errors = m(STATE_ERRORS)
+        # Counters with a small closed label set start at zero so rate() works from the
+        # first scrape and alerts can tell "nothing happened" from "no data".
+        for outcome in ("applied", "duplicate", "ignored", "invalid", "unauthorized"):
+            self.alertmanager_notifications.labels(outcome)
+        for outcome in ("success", "failure"):
+            self.config_reloads.labels(outcome)
+        self.queue_length.set(0)
