@@ -1,0 +1,67 @@
+"""Errors the proxy itself produces, spoken in the client's protocol.
+
+A client of Ollama's API parses ``{"error": "…"}``; an OpenAI SDK parses
+``{"error": {"message", "type", "param", "code"}}``. A proxy error in the wrong shape
+surfaces as a confusing parse failure in the user's app, so every error the proxy makes
+goes through here. Each carries its ``error_type`` label value.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
+                413: "invalid_request_error"}
+
+
+class ProxyError(Exception):
+    """A request the proxy answers itself, with a status and a human message."""
+
+    def __init__(self, status: int, error_type: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.headers = headers or {}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def error_body(path: str, status: int, message: str, code: str | None = None) -> bytes:
+    if is_openai_path(path):
+        payload: dict = {"error": {"message": message, "type": OPENAI_TYPES.get(status, "api_error"),
+                                   "param": None, "code": code}}
+    else:
+        payload = {"error": message}
+    return json.dumps(payload).encode()
+
+
+def error_response(path: str, err: ProxyError) -> web.Response:
+    code = "invalid_api_key" if err.status == 401 else None
+    return web.Response(status=err.status, body=error_body(path, err.status, err.message, code),
+                        content_type="application/json", headers=err.headers)
+
+
+def stream_error_line(path: str, message: str) -> bytes:
+    """The line that ends a stream on error, as Ollama itself ends one (status stays 200)."""
+    if is_openai_path(path):
+        return b"data: " + error_body(path, 500, message) + b"\n\n"
+    return error_body(path, 500, message) + b"\n"
+
+
+def classify_upstream_status(status: int, instrumented: bool) -> str:
+    """error_type for an upstream reply status (the reply itself is forwarded as-is)."""
+    if status < 400:
+        return "none"
+    if status == 404 and instrumented:
+        return "model_not_found"
+    if status in (429, 503):
+        return "overloaded"
+    if status == 499:
+        return "client_disconnect"
+    return "upstream_5xx" if status >= 500 else "upstream_4xx"

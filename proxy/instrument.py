@@ -1,0 +1,67 @@
+"""Turns one finished request into samples, and forgets sessions that went quiet.
+
+Kept apart from the forwarding code so the request path calls exactly one method per
+request, and so the series bookkeeping needed to remove an evicted session's series
+(prometheus_client removes series by their full label tuple) lives in one place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from proxy import __version__
+from proxy.config import ProxyConfig
+from proxy.metrics import ProxyMetrics
+from proxy.observe import ReplyStats
+from proxy.sessions import SessionLabels
+
+
+class Recorder:
+    def __init__(self, metrics: ProxyMetrics, config: ProxyConfig) -> None:
+        self.metrics = metrics
+        self.sessions = SessionLabels(config.session_label_cap, config.session_label_ttl, self._evict)
+        # session label -> label tuples it was used with, per metric
+        self._request_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+        self._token_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+        metrics.build_info.labels(__version__).set(1)
+
+    def session_label(self, raw: str | None) -> str:
+        label = self.sessions.label(raw)
+        self.metrics.session_labels.set(len(self.sessions))
+        return label
+
+    def _evict(self, label: str) -> None:
+        m = self.metrics
+        for labels in self._request_series.pop(label, ()):
+            m.requests.remove(*labels)
+        for labels in self._token_series.pop(label, ()):
+            m.tokens.remove(*labels)
+        m.session_labels_evicted.inc()
+
+    def request(self, endpoint: str, route: str, arm: str, model: str, session: str,
+                error_type: str, duration: float, stats: ReplyStats | None) -> None:
+        """Record a finished request (``stats`` only for instrumented endpoints)."""
+        m = self.metrics
+        labels = (endpoint, route, arm, model, session, error_type)
+        self._request_series[session].add(labels)
+        m.requests.labels(*labels).inc()
+        base = (endpoint, route, arm, model)
+        m.request_duration.labels(*base).observe(duration)
+        if stats is None:
+            return
+        for kind, count in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens)):
+            if count:
+                token_labels = base + (session, kind)
+                self._token_series[session].add(token_labels)
+                m.tokens.labels(*token_labels).inc(count)
+        for hist, value in ((m.load_duration, stats.load_duration),
+                            (m.prompt_eval_duration, stats.prompt_eval_duration),
+                            (m.eval_duration, stats.eval_duration)):
+            if value is not None:
+                hist.labels(*base).observe(value)
+
+    def ttft(self, endpoint: str, route: str, arm: str, model: str, seconds: float) -> None:
+        self.metrics.ttft.labels(endpoint, route, arm, model).observe(seconds)
+
+    def tpot(self, endpoint: str, route: str, arm: str, model: str, seconds: float) -> None:
+        self.metrics.tpot.labels(endpoint, route, arm, model).observe(seconds)

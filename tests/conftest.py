@@ -1,0 +1,89 @@
+"""Shared fixtures: a proxy running in a background thread in front of a fake Ollama."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+import requests
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.app import METRICS, build_app
+from proxy.config import parse_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningProxy:
+    def __init__(self, app: web.Application, url: str) -> None:
+        self.app = app
+        self.url = url
+
+    @property
+    def metrics(self):
+        return self.app[METRICS]
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Samples from /metrics as {(name, sorted labels): value}."""
+        text = requests.get(f"{self.url}/metrics", timeout=5).text
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for (n, lbls), v in self.scrape().items():
+            if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()):
+                total += v
+        return total
+
+
+@contextmanager
+def running_proxy(settings: dict[str, Any], **app_kwargs: Any) -> Iterator[RunningProxy]:
+    """Start the proxy (real server, real sockets) in a thread; stop it afterwards."""
+    config = parse_config(settings, environ={})
+    app = build_app(config, **app_kwargs)
+    loop = asyncio.new_event_loop()
+    port = free_port()
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10), "proxy did not start"
+    try:
+        yield RunningProxy(app, f"http://127.0.0.1:{port}")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture
+def proxy_for(httpserver):
+    """``with proxy_for(**settings) as p`` — a proxy whose upstream is the fake Ollama."""
+    def make(**settings: Any):
+        settings.setdefault("upstream", httpserver.url_for("/").rstrip("/"))
+        settings.setdefault("access_log", False)
+        return running_proxy(settings)
+    return make
