@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -64,7 +64,7 @@ def parse_window(text: str) -> str:
 def parse_at(text: str | None) -> float:
     """Evaluation time: unix seconds or RFC 3339 (``2026-01-01T12:00:00Z``); None = now."""
     if text is None:
-        return time.time()
+        return float(int(time.time()))  # whole seconds: a report names a time one can reuse
     try:
         return float(text)
     except ValueError:
@@ -245,7 +245,7 @@ def _ratio(arm: dict[str, Any]) -> str:
     return f"{arm['failure_ratio']:.2%} [{low:.2%} – {high:.2%}]"
 
 
-ROWS: tuple[tuple[str, Any], ...] = (
+ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("requests", lambda a: f"{a['requests']:,}"),
     ("server-side failures", lambda a: f"{a['failures']:,}"),
     ("failure ratio [95% CI]", _ratio),
@@ -280,7 +280,7 @@ def render_table(report: dict[str, Any]) -> str:
         parts.append(f"p95 latency {comparison['latency_p95_ratio']:.2f}× stable")
     if parts:
         lines += ["", "canary vs stable: " + "; ".join(parts)]
-    lines += ["", f"verdict: {report['verdict']} ({report['reason']})"]
+    lines += ["", f"verdict: {report['verdict']} — {report['reason']}"]
     return "\n".join(lines)
 
 

@@ -134,7 +134,8 @@ def decide(stable: ArmNumbers, canary: ArmNumbers, rules: Rules = Rules()) -> Ve
         if numbers.requests < rules.min_requests
     ]
     if thin or test is None:
-        return verdict(NOT_ENOUGH_DATA, f"{' and '.join(thin)} (need {rules.min_requests} per arm)")
+        detail = " and ".join(thin) or "an arm has no requests"
+        return verdict(NOT_ENOUGH_DATA, f"{detail} (need {rules.min_requests} per arm)")
 
     significant = test.p_value < rules.alpha
     p_text = f"{format_p(test.p_value)}, alpha {rules.alpha:g}"
