@@ -89,9 +89,17 @@ class Prometheus:
     """The one endpoint the report needs: instant queries at a fixed time."""
 
     def __init__(self, url: str, at: float, timeout: float) -> None:
-        self.url = url.rstrip("/")
+        # "localhost:9090" is what people type; requests would reject it without a scheme.
+        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
         self.at = at
         self.timeout = timeout
+
+    def _why(self, exc: requests.RequestException) -> str:
+        """The root cause in a few words, not urllib3's paragraph with the query in it."""
+        if isinstance(exc, requests.Timeout):
+            return f"no answer within {self.timeout:g} s (--timeout)"
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
+        return errno.group(0) if errno else type(exc).__name__
 
     def by_arm(self, promql: str) -> dict[str, float]:
         """Run ``promql`` (a vector with an ``arm`` label); NaN/Inf values are dropped."""
@@ -101,7 +109,7 @@ class Prometheus:
                 endpoint, params={"query": promql, "time": f"{self.at:.3f}"}, timeout=self.timeout
             )
         except requests.RequestException as exc:
-            raise ReportError(f"cannot reach Prometheus at {self.url}: {exc}") from None
+            raise ReportError(f"cannot reach Prometheus at {self.url}: {self._why(exc)}") from None
         try:
             body = response.json()
         except ValueError:
@@ -115,16 +123,15 @@ class Prometheus:
                 f"Prometheus at {self.url} rejected a query (HTTP {response.status_code}): "
                 f"{error}; query: {promql}"
             )
-        data = body.get("data") or {}
-        if data.get("resultType") != "vector":
-            raise ReportError(f"Prometheus at {self.url} returned {data.get('resultType')!r}, not a vector")
+        data = body.get("data")
+        if not isinstance(data, dict) or data.get("resultType") != "vector":
+            raise ReportError(f"Prometheus at {self.url} did not return an instant vector for: {promql}")
         values: dict[str, float] = {}
-        for sample in data.get("result", []):
-            arm = sample.get("metric", {}).get("arm")
+        for sample in data.get("result") or []:
             try:
-                value = float(sample["value"][1])
-            except (KeyError, IndexError, TypeError, ValueError):
-                continue
+                arm, value = sample["metric"].get("arm"), float(sample["value"][1])
+            except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+                continue  # a sample we cannot read is no data, like NaN
             if arm in ARMS and math.isfinite(value):
                 values[arm] = value
         return values

@@ -172,7 +172,7 @@ def test_unreachable_prometheus_exits_2_naming_the_url(capsys):
     assert main(["report", "chat", "--prometheus", url, "--timeout", "2"]) == 2
     err = capsys.readouterr().err
     assert f"cannot reach Prometheus at {url}" in err
-    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "api/v1/query" not in err  # one short line
 
 
 def test_help_documents_the_verdict_rules(capsys):
@@ -415,6 +415,13 @@ def test_unknown_route_is_not_enough_data_not_an_error(prometheus, capsys):
     assert result["verdict"] == stats.NOT_ENOUGH_DATA
     status, out, _ = _report(prometheus, "no-such-route", capsys)
     assert status == 0 and "n/a" in out
+
+
+def test_a_url_without_scheme_means_http(prometheus, capsys):
+    url, end = prometheus
+    status = main(["report", "worse", "--prometheus", url.removeprefix("http://"), "--at", f"{end:.0f}", "--json"])
+    assert status == 0
+    assert json.loads(capsys.readouterr().out)["prometheus"] == url
 
 
 def test_a_url_that_is_not_prometheus_exits_2(prometheus, capsys):
