@@ -429,3 +429,9 @@ def test_a_url_that_is_not_prometheus_exits_2(prometheus, capsys):
     status = main(["report", "worse", "--prometheus", f"{url}/not-here", "--at", f"{end:.0f}"])
     assert status == 2
     assert "did not answer like Prometheus" in capsys.readouterr().err
+
+
+def test_a_query_prometheus_rejects_is_reported_with_its_reason(prometheus):
+    url, end = prometheus
+    with pytest.raises(report.ReportError, match=r"rejected a query \(HTTP 400\): .*parse error"):
+        report.Prometheus(url, end, 5).by_arm("sum(")
