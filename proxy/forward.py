@@ -143,7 +143,7 @@ class Forwarder:
         session_label = "none"
         decision = Decision(DIRECT_ROUTE, "direct", "none", self.config.upstream)
         error_type = "none"
-        stats: ReplyStats | None = None
+        stats = ReplyStats()
         status = 0
         try:
             raw, body = await self._read_json(request)
@@ -171,8 +171,8 @@ class Forwarder:
             async with self.admission.slot():
                 in_flight.inc()
                 try:
-                    status, error_type, stats, response = await self._exchange(
-                        request, endpoint, decision, raw, headers, strip_usage, start)
+                    status, error_type, response = await self._exchange(
+                        request, endpoint, decision, raw, headers, strip_usage, stats)
                 finally:
                     in_flight.dec()
             return response
@@ -182,13 +182,15 @@ class Forwarder:
             self._route_headers(response, decision)
             return response
         except asyncio.CancelledError:
-            error_type = "client_disconnect"
+            # A client that hangs up right after the last event (SDKs close on [DONE]) got
+            # everything: that is a success, not a disconnect.
+            error_type = "none" if stats.finished and error_type == "none" else "client_disconnect"
             raise
         finally:
             duration = time.perf_counter() - start
             self.recorder.request(path, decision.route, decision.arm, decision.model, session_label,
                                   error_type, duration, stats)
-            if stats is not None and endpoint.generates:
+            if endpoint.generates:
                 self._record_timings(endpoint, decision, stats, start)
             if self.on_result is not None and decision.route != DIRECT_ROUTE:
                 self.on_result(decision, error_type)
@@ -198,9 +200,8 @@ class Forwarder:
                     "model": decision.model, "session": session_hash(session_label)
                     if session_label not in ("none", "other") else session_label,
                     "status": status or 499, "error_type": error_type, "duration": round(duration, 6),
-                    "ttft": round(stats.first_content_at - start, 6) if stats and stats.first_content_at else None,
-                    "prompt_tokens": stats.prompt_tokens if stats else None,
-                    "completion_tokens": stats.completion_tokens if stats else None,
+                    "ttft": round(stats.first_content_at - start, 6) if stats.first_content_at else None,
+                    "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
                 }))
 
     def _record_timings(self, endpoint: Endpoint, d: Decision, stats: ReplyStats, start: float) -> None:
@@ -246,7 +247,7 @@ class Forwarder:
 
     async def _exchange(self, request: web.Request, endpoint: Endpoint, decision: Decision, raw: bytes,
                         headers: CIMultiDict[str], strip_usage: bool,
-                        start: float) -> tuple[int, str, ReplyStats | None, web.StreamResponse]:
+                        stats: ReplyStats) -> tuple[int, str, web.StreamResponse]:
         resp = await self._send(request, decision.upstream, raw, headers)
         try:
             status = resp.status
@@ -254,16 +255,16 @@ class Forwarder:
             out_headers = forward_headers(resp.headers)
             ctype = resp.headers.get("Content-Type", "")
             if status == 200 and ctype.startswith(STREAM_TYPES):
-                stats = ReplyStats()
                 out = web.StreamResponse(status=status, headers=out_headers)
                 self._route_headers(out, decision)
                 stream_error = await self._relay_stream(request, resp, out, endpoint, stats, strip_usage)
-                return status, stream_error or error_type, stats, out
+                return status, stream_error or error_type, out
             body = await self._read_body(resp, decision.upstream)
-            stats = read_reply_body(endpoint, body) if status == 200 else None
+            if status == 200:
+                read_reply_body(endpoint, body, stats)
             out = web.Response(status=status, body=body, headers=out_headers)
             self._route_headers(out, decision)
-            return status, error_type, stats, out
+            return status, error_type, out
         except BaseException:
             resp.close()  # unfinished: drop the connection so Ollama stops working on it
             raise

@@ -200,15 +200,13 @@ class SSEStreamObserver:
         return True
 
 
-def read_reply_body(endpoint: Endpoint, body: bytes) -> ReplyStats:
-    """Stats from a complete (non-stream) JSON reply."""
-    stats = ReplyStats()
+def read_reply_body(endpoint: Endpoint, body: bytes, stats: ReplyStats) -> None:
+    """Fill ``stats`` from a complete (non-stream) JSON reply."""
     obj = _loads(body)
     if not isinstance(obj, dict):
-        return stats
+        return
     if endpoint.protocol == "ollama":
         read_native_final(stats, obj)
     else:
         read_openai_usage(stats, obj)
         stats.finished = True
-    return stats
