@@ -1,0 +1,72 @@
+"""The state that must survive a restart: rollbacks, API-made changes and their reasons.
+
+Written atomically (temp file in the same directory, fsync, rename, fsync the
+directory) so a crash mid-write leaves either the old file or the new one, never half
+of each. A file that cannot be read as state is moved aside, not deleted: someone will
+want to see what it held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ollama_sidecar.state")
+
+STATE_VERSION = 1
+
+
+class StateFile:
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+
+    def load(self) -> tuple[dict[str, Any], str | None]:
+        """The saved state ({} when there is none) and, if the file was corrupt, why."""
+        if self.path is None or not self.path.exists():
+            return {}, None
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION \
+                    or not isinstance(data.get("routes", {}), dict):
+                raise ValueError(f"not an ollama-sidecar state file of version {STATE_VERSION}")
+            return data, None
+        except (OSError, ValueError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = self.path
+            log.error("STATE FILE %s IS CORRUPT (%s); moved it to %s and started from the config. "
+                      "Rollbacks recorded in it are NOT in effect.", self.path, exc, aside)
+            return {}, str(exc)
+
+    def save(self, data: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        data = {"version": STATE_VERSION, **data}
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
