@@ -1,0 +1,287 @@
+"""Provisioning: Prometheus, Alertmanager and Grafana configs as the stack loads them.
+
+The real promtool/amtool/Alertmanager check them (a config they reject is a stack that
+never starts), and the structural tests pin what the rest of the product relies on: job
+names the alert rules use, the rollback route the proxy's webhook serves, the datasource
+uid the dashboards reference.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from pytest_httpserver import HTTPServer
+
+from tests.binaries import alertmanager_binary, require_binary
+
+REPO = Path(__file__).resolve().parent.parent
+PROVISIONING = REPO / "provisioning"
+PROMETHEUS_YML = PROVISIONING / "prometheus" / "prometheus.yml"
+ALERTMANAGER_YML = PROVISIONING / "alertmanager" / "alertmanager.yml"
+DATASOURCE_YML = PROVISIONING / "grafana" / "datasources" / "prometheus.yml"
+PROVIDER_YML = PROVISIONING / "grafana" / "dashboard-providers" / "ollama-sidecar.yml"
+
+# The team's fixed facts (BRIEF.md): job names the alert rules select on, and where each
+# job finds its target on the compose network.
+EXPECTED_TARGETS = {
+    "ollama-proxy": "proxy:11435",
+    "ollama-exporter": "exporter:9101",
+    "prometheus": "localhost:9090",
+    "alertmanager": "alertmanager:9093",
+}
+# No `dashboards` constant exists yet; the dashboards must use this literal.
+DATASOURCE_UID = "ollama-sidecar-prometheus"
+ADMIN_TOKEN_FILE = "/run/secrets/admin_token"
+ROLLBACK_WEBHOOK = "http://proxy:11435/admin/alertmanager"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def rollback_route(config: dict) -> dict:
+    [route] = [r for r in config["route"].get("routes", []) if r.get("receiver") == "rollback"]
+    return route
+
+
+def receiver(config: dict, name: str) -> dict:
+    [found] = [r for r in config["receivers"] if r["name"] == name]
+    return found
+
+
+def duration_seconds(text: str) -> float:
+    """Prometheus-style duration ('5s', '1m30s') in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+# --- Prometheus ------------------------------------------------------------------------
+
+
+def test_promtool_accepts_prometheus_config() -> None:
+    promtool = require_binary("promtool")
+    # Also checks every rule file the rule_files glob matches (once rules are generated).
+    result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_job_has_one_static_config_with_its_compose_target() -> None:
+    jobs = {job["job_name"]: job for job in load(PROMETHEUS_YML)["scrape_configs"]}
+    assert set(jobs) == set(EXPECTED_TARGETS)
+    for name, job in jobs.items():
+        # One static_config per job: the demo and e2e tests rewrite targets by job name.
+        assert len(job["static_configs"]) == 1, name
+        assert job["static_configs"][0]["targets"] == [EXPECTED_TARGETS[name]], name
+
+
+def test_rule_files_glob_is_relative_and_loads_both_generated_profiles() -> None:
+    config = load(PROMETHEUS_YML)
+    assert config["rule_files"] == ["rules/*.yml"]
+    # Fixed locations (BRIEF.md), relative to prometheus.yml; compose mounts either
+    # profile's directory at rules/.
+    for generated in ("rules/ollama-sidecar.rules.yml", "rules-fast/ollama-sidecar.rules.yml"):
+        as_mounted = "rules/" + generated.split("/", 1)[1]
+        assert fnmatch.fnmatch(as_mounted, config["rule_files"][0]), generated
+
+
+def test_alerts_are_sent_to_alertmanager() -> None:
+    [alertmanagers] = load(PROMETHEUS_YML)["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+
+
+GENERATED_RULE_FILES = sorted((PROVISIONING / "prometheus").glob("rules*/*.yml"))
+
+
+@pytest.mark.parametrize("rule_file", GENERATED_RULE_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_generated_rules_only_select_jobs_prometheus_scrapes(rule_file: Path) -> None:
+    """An `up{job="…"}` on a job nobody scrapes is an alert that can never fire."""
+    jobs = {job["job_name"] for job in load(PROMETHEUS_YML)["scrape_configs"]}
+    exprs = [rule["expr"] for group in load(rule_file)["groups"] for rule in group["rules"]]
+    named = {m for expr in exprs for m in re.findall(r'job\s*=~?\s*"([^"]+)"', expr)}
+    assert named <= jobs
+
+
+# --- Alertmanager ----------------------------------------------------------------------
+
+
+def test_amtool_accepts_alertmanager_config() -> None:
+    # amtool does not open credentials_file at check time (verified with amtool 0.25),
+    # so the file is checked as committed, /run/secrets path and all.
+    amtool = require_binary("amtool")
+    result = subprocess.run([amtool, "check-config", str(ALERTMANAGER_YML)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["alertname=OllamaCanaryErrorRateHigh", "action=rollback", "route=chat", "severity=critical"], "rollback"),
+        (["alertname=OllamaCanaryLatencyRegression", "action=rollback", "route=embed"], "rollback"),
+        (["alertname=OllamaGPUHot", "severity=warning"], "default"),
+        (["alertname=OllamaRouteRolledBack", "route=chat", "severity=warning"], "default"),
+        (["alertname=Custom", "action=page", "route=chat"], "default"),
+    ],
+)
+def test_alertmanager_routes_only_rollback_alerts_to_the_proxy(labels: list[str], expected: str) -> None:
+    amtool = require_binary("amtool")
+    result = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", *labels],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == [expected]
+
+
+def test_rollback_receiver_calls_the_proxy_webhook_with_the_token_and_resolved() -> None:
+    config = load(ALERTMANAGER_YML)
+    route = rollback_route(config)
+    assert route["matchers"] == ['action="rollback"']
+    assert duration_seconds(route["group_wait"]) <= 10
+    assert config["route"]["group_by"] == ["alertname", "route"]
+    [webhook] = receiver(config, "rollback")["webhook_configs"]
+    assert webhook["url"] == ROLLBACK_WEBHOOK
+    assert webhook["send_resolved"] is True
+    assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": ADMIN_TOKEN_FILE}
+
+
+def test_everything_else_goes_to_a_silent_default_receiver() -> None:
+    config = load(ALERTMANAGER_YML)
+    assert config["route"]["receiver"] == "default"
+    assert receiver(config, "default") == {"name": "default"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.e2e
+def test_real_alertmanager_posts_rollback_alerts_with_the_bearer_token(tmp_path: Path, httpserver: HTTPServer) -> None:
+    """The committed config, run by a real Alertmanager, reaches the webhook authenticated.
+
+    Only the two deployment paths are rewritten: the proxy URL (to a local receiver) and
+    the token file (to a temporary one). Routing, grouping and auth are as committed.
+    """
+    binary = alertmanager_binary()
+    token = "test-token-4f1c"
+    (tmp_path / "admin_token").write_text(token + "\n")
+    config = load(ALERTMANAGER_YML)
+    [webhook] = receiver(config, "rollback")["webhook_configs"]
+    webhook["url"] = httpserver.url_for("/admin/alertmanager")
+    webhook["http_config"]["authorization"]["credentials_file"] = str(tmp_path / "admin_token")
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    httpserver.expect_request("/admin/alertmanager", method="POST").respond_with_data("ok")
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: ready(f"{base}/-/ready") or process.poll() is not None, 20, "Alertmanager ready")
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        alerts = [
+            {"labels": {"alertname": "OllamaCanaryErrorRateHigh", "action": "rollback", "route": "chat"}},
+            {"labels": {"alertname": "OllamaGPUHot", "severity": "warning"}},
+        ]
+        requests.post(f"{base}/api/v2/alerts", json=alerts, timeout=5).raise_for_status()
+        wait_until(lambda: len(httpserver.log) > 0, 20, "the rollback webhook")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    request, _ = httpserver.log[0]
+    assert request.headers["Authorization"] == f"Bearer {token}"
+    payload = json.loads(request.get_data())
+    assert payload["version"] == "4"
+    assert payload["receiver"] == "rollback"
+    assert [a["labels"]["alertname"] for a in payload["alerts"]] == ["OllamaCanaryErrorRateHigh"]
+    assert payload["alerts"][0]["labels"]["route"] == "chat"
+
+
+# --- Grafana ---------------------------------------------------------------------------
+
+
+def test_datasource_uid_is_pinned_and_points_at_prometheus() -> None:
+    [datasource] = load(DATASOURCE_YML)["datasources"]
+    assert datasource["uid"] == DATASOURCE_UID
+    assert datasource["type"] == "prometheus"
+    assert datasource["access"] == "proxy"
+    assert datasource["url"] == "http://prometheus:9090"
+    assert datasource["isDefault"] is True
+
+
+def test_datasource_time_interval_matches_the_scrape_interval() -> None:
+    """A shorter Grafana interval makes $__rate_interval windows hold < 2 samples: gaps."""
+    [datasource] = load(DATASOURCE_YML)["datasources"]
+    scrape_interval = load(PROMETHEUS_YML)["global"]["scrape_interval"]
+    assert duration_seconds(datasource["jsonData"]["timeInterval"]) == duration_seconds(scrape_interval)
+
+
+def test_dashboard_provider_loads_files_read_only() -> None:
+    config = load(PROVIDER_YML)
+    assert config["apiVersion"] == 1
+    [provider] = config["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].startswith("/")
+    assert provider["allowUiUpdates"] is False
+
+
+GENERATED_DASHBOARDS = sorted((PROVISIONING / "grafana" / "dashboards").glob("*.json"))
+
+
+def datasource_refs(node: object) -> list[dict]:
+    """Every `"datasource": {...}` object in a dashboard (panels, targets, variables)."""
+    if isinstance(node, list):
+        return [ref for item in node for ref in datasource_refs(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [node["datasource"]] if isinstance(node.get("datasource"), dict) else []
+    return found + [ref for value in node.values() for ref in datasource_refs(value)]
+
+
+@pytest.mark.parametrize("dashboard", GENERATED_DASHBOARDS, ids=lambda p: p.name)
+def test_generated_dashboards_use_the_provisioned_datasource_uid(dashboard: Path) -> None:
+    """A uid other than the provisioned one renders as "datasource not found"."""
+    text = dashboard.read_text()
+    refs = [ref for ref in datasource_refs(json.loads(text)) if ref.get("type") == "prometheus"]
+    assert refs, "no Prometheus datasource reference"
+    assert {ref.get("uid") for ref in refs if not str(ref.get("uid", "")).startswith("$")} <= {DATASOURCE_UID}
+    assert DATASOURCE_UID in text
