@@ -1,0 +1,186 @@
+"""The admin API under ``/admin/`` and the Alertmanager webhook.
+
+Access: with a token configured (``OLLAMA_SIDECAR_ADMIN_TOKEN`` or a token file) every
+admin request needs ``Authorization: Bearer <token>``, compared in constant time; with
+none configured, only loopback clients are answered, so a proxy bound to 0.0.0.0 by
+mistake does not hand its routing to the network.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.alertmanager import PayloadError, handle_notification, parse_payload
+from proxy.breaker import Breakers
+from proxy.control import ControlPlane, RouteError
+
+log = logging.getLogger("ollama_sidecar.admin")
+
+CONTROL = web.AppKey("control", ControlPlane)
+BREAKERS = web.AppKey("breakers", Breakers)
+RELOAD = web.AppKey("reload", Callable)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def make_auth_middleware(token: str | None):
+    expected = token.encode() if token else None
+
+    @web.middleware
+    async def admin_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if not request.path.startswith("/admin/"):
+            return await handler(request)
+        if expected is None:
+            if not is_loopback(request.remote):
+                return _unauthorized(request, 403, "admin API answers only loopback clients when no admin "
+                                     "token is configured (set OLLAMA_SIDECAR_ADMIN_TOKEN)")
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            return _unauthorized(request, 401, "missing or wrong admin token: send 'Authorization: Bearer <token>'")
+        return await handler(request)
+
+    return admin_auth
+
+
+def _unauthorized(request: web.Request, status: int, message: str) -> web.Response:
+    if request.path == "/admin/alertmanager":
+        request.app[CONTROL].metrics.alertmanager_notifications.labels("unauthorized").inc()
+    log.warning("refused admin request %s %s from %s: %s", request.method, request.path, request.remote, message)
+    return _error(status, message)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.body_exists:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise RouteError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RouteError(400, "body must be a JSON object")
+    return body
+
+
+def _route_view(request: web.Request, name: str) -> dict[str, Any]:
+    control = request.app[CONTROL]
+    view = control.describe(control.get(name))
+    view["live"] = request.app[BREAKERS].live(name)
+    return view
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    return web.json_response({
+        "routes": [_route_view(request, name) for name in sorted(control.routes.routes)],
+        "last_reload_error": control.last_reload_error,
+        "last_reload_at": control.last_reload_at,
+        "config_file": control.config.config_path,
+        "state_file": control.config.state_file,
+    })
+
+
+def _guard(fn: Callable[[web.Request], Awaitable[web.Response]]):
+    async def wrapper(request: web.Request) -> web.Response:
+        try:
+            return await fn(request)
+        except RouteError as err:
+            return _error(err.status, err.message)
+    return wrapper
+
+
+@_guard
+async def get_route(request: web.Request) -> web.Response:
+    return web.json_response(_route_view(request, request.match_info["route"]))
+
+
+@_guard
+async def put_route(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    unknown = set(body) - {"stable", "canary", "canary_weight", "weight"}
+    if unknown:
+        raise RouteError(400, f"unknown field(s) {sorted(unknown)}; allowed: stable, canary, canary_weight")
+    weight = body.get("canary_weight", body.get("weight"))
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+        raise RouteError(400, f"canary_weight must be a number between 0 and 100, got {weight!r}")
+    for key in ("stable", "canary"):
+        if key in body and body[key] is not None and (not isinstance(body[key], str) or not body[key]):
+            raise RouteError(400, f"{key} must be a model name")
+    if "stable" in body and body["stable"] is None:
+        raise RouteError(400, "stable cannot be removed")
+    kwargs: dict[str, Any] = {"stable": body.get("stable"), "weight": weight}
+    if "canary" in body:
+        kwargs["canary"] = body["canary"]
+    name = request.match_info["route"]
+    request.app[CONTROL].set_route(name, **kwargs)
+    return web.json_response(_route_view(request, name))
+
+
+@_guard
+async def rollback_route(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    note = body.get("reason")
+    reason = f"admin:{note}" if isinstance(note, str) and note else "admin"
+    name = request.match_info["route"]
+    _, changed = request.app[CONTROL].rollback(name, reason)
+    view = _route_view(request, name)
+    view["changed"] = changed
+    return web.json_response(view)
+
+
+@_guard
+async def promote_route(request: web.Request) -> web.Response:
+    name = request.match_info["route"]
+    request.app[CONTROL].promote(name)
+    return web.json_response(_route_view(request, name))
+
+
+@_guard
+async def resume_route(request: web.Request) -> web.Response:
+    name = request.match_info["route"]
+    request.app[CONTROL].resume(name)
+    return web.json_response(_route_view(request, name))
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    ok, message = request.app[RELOAD]()
+    return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 400)
+
+
+async def alertmanager_webhook(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    body = await request.read()
+    try:
+        alerts = parse_payload(body)
+    except PayloadError as exc:
+        control.metrics.alertmanager_notifications.labels("invalid").inc()
+        log.warning("rejected Alertmanager notification: %s", exc)
+        return _error(400, f"invalid Alertmanager payload: {exc}")
+    counts = handle_notification(control, control.metrics, alerts)
+    return web.json_response({"status": "ok", **counts})
+
+
+def add_admin_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin/routes", list_routes)
+    r.add_get("/admin/routes/{route}", get_route)
+    r.add_put("/admin/routes/{route}", put_route)
+    r.add_post("/admin/routes/{route}/rollback", rollback_route)
+    r.add_post("/admin/routes/{route}/promote", promote_route)
+    r.add_post("/admin/routes/{route}/resume", resume_route)
+    r.add_post("/admin/reload", reload_config)
+    r.add_post("/admin/alertmanager", alertmanager_webhook)

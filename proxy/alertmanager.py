@@ -1,0 +1,166 @@
+"""Alertmanager drives rollbacks: the webhook receiver and the reconcile loop.
+
+Alertmanager retries 5xx and treats every 2xx as delivered (REFERENCE section 4). So the
+receiver validates the whole payload first (400 and no change when malformed: retrying
+it would not help), acknowledges alerts it has no business with (200, counted as
+ignored, or Alertmanager would retry them until group_interval), and is idempotent on
+``fingerprint@startsAt`` because retries and HA pairs deliver the same alert twice.
+
+Webhooks get lost (a proxy restarting, a network blip after Alertmanager gave up), and
+with several proxy replicas each must act. The reconcile loop asks Alertmanager which
+rollback alerts are active and acts on those it has not acted on yet, so every replica
+converges on the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from proxy.control import ControlPlane, RouteError
+from proxy.metrics import ProxyMetrics
+
+log = logging.getLogger("ollama_sidecar.alertmanager")
+
+
+class PayloadError(ValueError):
+    """The webhook body is not an Alertmanager notification."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str  # firing | resolved
+    labels: dict[str, str]
+    fingerprint: str
+    starts_at: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.fingerprint}@{self.starts_at}"
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "unnamed")
+
+
+def parse_payload(body: bytes) -> list[Alert]:
+    """Validate a webhook payload (version 4) whole; raise PayloadError naming the problem."""
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("body must be a JSON object")
+    if "version" in doc and str(doc["version"]) != "4":
+        raise PayloadError(f"unsupported webhook version {doc['version']!r} (expected \"4\")")
+    alerts = doc.get("alerts")
+    if not isinstance(alerts, list):
+        raise PayloadError("'alerts' must be a list")
+    return [parse_alert(a, f"alerts[{i}]") for i, a in enumerate(alerts)]
+
+
+def parse_alert(raw: Any, where: str, status: str | None = None) -> Alert:
+    if not isinstance(raw, dict):
+        raise PayloadError(f"{where} must be an object")
+    labels = raw.get("labels")
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise PayloadError(f"{where}.labels must be an object of strings")
+    status = status or raw.get("status")
+    if status not in ("firing", "resolved"):
+        raise PayloadError(f"{where}.status must be 'firing' or 'resolved', got {status!r}")
+    starts_at = raw.get("startsAt")
+    if not isinstance(starts_at, str) or not starts_at:
+        raise PayloadError(f"{where}.startsAt is missing")
+    fingerprint = raw.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        fingerprint = ",".join(f"{k}={labels[k]}" for k in sorted(labels))
+    return Alert(status, labels, fingerprint, starts_at)
+
+
+def handle_alert(control: ControlPlane, alert: Alert, *, via: str = "alert") -> str:
+    """Act on one alert; returns its outcome (applied, duplicate, ignored)."""
+    route = alert.labels.get("route")
+    if alert.labels.get("action") != "rollback" or not route or route not in control.routes.routes:
+        return "ignored"
+    if alert.status == "firing":
+        if not control.remember_alert(alert.key):
+            return "duplicate"
+        _, changed = control.rollback(route, f"{via}:{alert.name}")
+        return "applied" if changed else "duplicate"
+    state = control.routes.routes[route]
+    if state.auto_resume and state.rolled_back and state.reason.endswith(f":{alert.name}") \
+            and control.remember_alert(alert.key + "/resolved"):
+        try:
+            control.resume(route, "resume")
+        except RouteError:
+            return "duplicate"
+        return "applied"
+    return "ignored"
+
+
+def handle_notification(control: ControlPlane, metrics: ProxyMetrics, alerts: list[Alert]) -> dict[str, int]:
+    counts = {"applied": 0, "duplicate": 0, "ignored": 0}
+    for alert in alerts:
+        outcome = handle_alert(control, alert)
+        counts[outcome] += 1
+        metrics.alertmanager_notifications.labels(outcome).inc()
+        if outcome != "ignored":
+            log.info("alert %s (%s) for route %s: %s", alert.name, alert.status, alert.labels.get("route"), outcome)
+    return counts
+
+
+class Reconciler:
+    """Polls Alertmanager's API for active rollback alerts."""
+
+    def __init__(self, control: ControlPlane, metrics: ProxyMetrics, url: str, interval: float) -> None:
+        self.control = control
+        self.metrics = metrics
+        self.url = url.rstrip("/")
+        self.interval = interval
+        self._failing = False
+
+    async def once(self, session: aiohttp.ClientSession) -> int:
+        """One poll; returns how many routes it rolled back."""
+        try:
+            async with asyncio.timeout(max(1.0, min(10.0, self.interval))):
+                async with session.get(f"{self.url}/api/v2/alerts",
+                                       params={"active": "true", "filter": 'action="rollback"'}) as resp:
+                    if resp.status != 200:
+                        raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
+                                                          message=f"HTTP {resp.status}")
+                    doc = await resp.json(content_type=None)
+            if not isinstance(doc, list):
+                raise ValueError("expected a list of alerts")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.metrics.alertmanager_reconciles.labels("error").inc()
+            if not self._failing:
+                log.error("cannot read active alerts from Alertmanager at %s: %s; routes unchanged, "
+                          "retrying every %gs", self.url, exc or type(exc).__name__, self.interval)
+            self._failing = True
+            return 0
+        if self._failing:
+            log.info("Alertmanager at %s answers again", self.url)
+        self._failing = False
+        self.metrics.alertmanager_reconciles.labels("ok").inc()
+        applied = 0
+        for i, raw in enumerate(doc):
+            state = (raw.get("status") or {}).get("state") if isinstance(raw, dict) else None
+            if state not in (None, "active"):
+                continue  # silenced or inhibited: a human said no
+            try:
+                alert = parse_alert(raw, f"[{i}]", status="firing")
+            except PayloadError:
+                continue
+            if handle_alert(self.control, alert, via="reconcile") == "applied":
+                applied += 1
+        return applied
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await self.once(session)
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,223 @@
+"""The routing control plane: every change to a route goes through here.
+
+Operators (admin API, CLI), the config reload, Alertmanager (webhook and reconcile) and
+the circuit breaker all call the same few methods, so each change is validated the same
+way, counted in ``ollama_proxy_route_changes_total{reason}``, reflected in the route
+gauges, logged with its reason and persisted before the caller is told it happened.
+
+Route states are immutable and replaced whole in the route table: a request that took
+its decision before a change keeps it to the end, so no stream is cut by a switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import asdict, replace
+from typing import Any
+
+from proxy.config import ProxyConfig
+from proxy.metrics import ProxyMetrics
+from proxy.routing import RouteState, RouteTable
+from proxy.state import StateFile
+
+log = logging.getLogger("ollama_sidecar.control")
+
+PERSISTED_FIELDS = ("stable", "canary", "weight", "rolled_back", "reason", "since", "weight_before_rollback")
+MAX_REMEMBERED_ALERTS = 1000
+
+
+class RouteError(Exception):
+    """A change that cannot be made; ``status`` is the HTTP status the admin API answers."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def reason_label(reason: str) -> str:
+    """The bounded label value of a reason: ``alert:OllamaCanaryErrorRateHigh`` stays, free
+    text after ``admin:`` does not become a label."""
+    head, _, tail = reason.partition(":")
+    return f"alert:{tail}" if head == "alert" and tail else head
+
+
+class ControlPlane:
+    def __init__(self, config: ProxyConfig, routes: RouteTable, metrics: ProxyMetrics) -> None:
+        self.config = config
+        self.routes = routes
+        self.metrics = metrics
+        self.state_file = StateFile(config.state_file)
+        self.acted_alerts: OrderedDict[str, float] = OrderedDict()  # fingerprint@startsAt
+        self.last_reload_error: str | None = None
+        self.last_reload_at: float | None = None
+        self._load_state()
+        for state in self.routes.routes.values():
+            self._export(state)
+
+    # --- persistence ------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        data, problem = self.state_file.load()
+        if problem is not None:
+            self.metrics.state_errors.labels("corrupt").inc()
+        saved = data.get("routes", {})
+        for name, fields in saved.items():
+            current = self.routes.routes.get(name)
+            if current is None or not isinstance(fields, dict):
+                log.warning("state file has route %r, which the config no longer defines; ignored", name)
+                continue
+            known = {k: fields[k] for k in PERSISTED_FIELDS if k in fields}
+            try:
+                self.routes.routes[name] = replace(current, **known)
+            except TypeError as exc:
+                log.error("state of route %r unusable (%s); using the config", name, exc)
+        for key in data.get("acted_alerts", []):
+            self.acted_alerts[str(key)] = 0.0
+        if saved:
+            log.info("loaded route state from %s: %s", self.state_file.path, ", ".join(
+                f"{s.name}{' (rolled back: ' + s.reason + ')' if s.rolled_back else ''}"
+                for s in self.routes.routes.values()))
+
+    def _save(self) -> None:
+        data = {"routes": {name: {k: getattr(s, k) for k in PERSISTED_FIELDS}
+                           for name, s in self.routes.routes.items()},
+                "acted_alerts": list(self.acted_alerts)}
+        try:
+            self.state_file.save(data)
+        except OSError as exc:
+            self.metrics.state_errors.labels("write").inc()
+            log.error("could not write state file %s: %s; the change is live but will not "
+                      "survive a restart", self.state_file.path, exc)
+
+    # --- metrics ----------------------------------------------------------------------------
+    def _export(self, state: RouteState, previous: RouteState | None = None) -> None:
+        m = self.metrics
+        if previous is not None and (previous.stable, previous.canary) != (state.stable, state.canary):
+            try:
+                m.route_info.remove(previous.name, previous.stable, previous.canary or "")
+            except KeyError:
+                pass
+        m.route_info.labels(state.name, state.stable, state.canary or "").set(1)
+        m.route_canary_weight.labels(state.name).set(state.effective_weight)
+        m.route_rolled_back.labels(state.name).set(1 if state.rolled_back else 0)
+
+    def _commit(self, new: RouteState, reason: str) -> RouteState:
+        old = self.routes.routes[new.name]
+        new = replace(new, reason=reason, since=time.time())
+        self.routes.routes[new.name] = new
+        self.metrics.route_changes.labels(new.name, reason_label(reason)).inc()
+        self._export(new, old)
+        self._save()
+        log.warning("route %s changed (%s): stable=%s canary=%s weight=%g effective=%g rolled_back=%s",
+                    new.name, reason, new.stable, new.canary, new.weight, new.effective_weight, new.rolled_back)
+        return new
+
+    # --- operations -------------------------------------------------------------------------
+    def get(self, name: str) -> RouteState:
+        state = self.routes.routes.get(name)
+        if state is None:
+            known = ", ".join(sorted(self.routes.routes)) or "none configured"
+            raise RouteError(404, f"unknown route {name!r} (known: {known})")
+        return state
+
+    def set_route(self, name: str, *, stable: str | None = None, canary: str | None | type[...] = ...,
+                  weight: float | None = None, reason: str = "admin") -> RouteState:
+        state = self.get(name)
+        new_canary = state.canary if canary is ... else canary
+        if weight is not None and not 0 <= weight <= 100:
+            raise RouteError(400, f"canary_weight must be between 0 and 100, got {weight:g}")
+        new_weight = state.weight if weight is None else float(weight)
+        if new_canary is None and canary is not ... and weight is None:
+            new_weight = 0.0
+        if new_canary is None and new_weight > 0:
+            raise RouteError(400, f"route {name!r} has no canary: cannot send {new_weight:g}% to it")
+        new = replace(state, stable=stable or state.stable, canary=new_canary, weight=new_weight)
+        if new.rolled_back and weight is not None:
+            # Still rolled back: the new weight is what `resume` will restore.
+            new = replace(new, weight=0.0, weight_before_rollback=new_weight)
+        return self._commit(new, reason)
+
+    def rollback(self, name: str, reason: str) -> tuple[RouteState, bool]:
+        """Send all of a route's traffic to stable. Returns (state, changed)."""
+        state = self.get(name)
+        if state.rolled_back:
+            return state, False
+        new = replace(state, rolled_back=True, weight_before_rollback=state.weight, weight=0.0)
+        return self._commit(new, reason), True
+
+    def resume(self, name: str, reason: str = "resume") -> RouteState:
+        state = self.get(name)
+        if not state.rolled_back:
+            raise RouteError(409, f"route {name!r} is not rolled back")
+        restored = state.weight_before_rollback if state.weight_before_rollback is not None else state.weight
+        new = replace(state, rolled_back=False, weight=restored if state.canary else 0.0,
+                      weight_before_rollback=None)
+        return self._commit(new, reason)
+
+    def promote(self, name: str) -> RouteState:
+        state = self.get(name)
+        if not state.canary:
+            raise RouteError(409, f"route {name!r} has no canary to promote")
+        new = replace(state, stable=state.canary, canary=None, weight=0.0, rolled_back=False,
+                      weight_before_rollback=None)
+        return self._commit(new, "promote")
+
+    # --- alerts -----------------------------------------------------------------------------
+    def remember_alert(self, key: str) -> bool:
+        """True the first time an alert instance (fingerprint@startsAt) is seen."""
+        if key in self.acted_alerts:
+            return False
+        self.acted_alerts[key] = time.time()
+        while len(self.acted_alerts) > MAX_REMEMBERED_ALERTS:
+            self.acted_alerts.popitem(last=False)
+        return True
+
+    # --- config reload ----------------------------------------------------------------------
+    def apply_config(self, new_config: ProxyConfig, old_config: ProxyConfig) -> list[str]:
+        """Adopt a validated config. Routes whose config changed take the new values (a
+        rolled-back route stays rolled back); routes whose config did not change keep what
+        operators did to them. Returns the names of changed routes."""
+        changed = []
+        table = self.routes
+        table.config = new_config
+        self.config = new_config
+        for name in list(table.routes):
+            if name not in new_config.routes:
+                old = table.routes.pop(name)
+                for metric in (self.metrics.route_canary_weight, self.metrics.route_rolled_back):
+                    try:
+                        metric.remove(name)
+                    except KeyError:
+                        pass
+                try:
+                    self.metrics.route_info.remove(name, old.stable, old.canary or "")
+                except KeyError:
+                    pass
+                changed.append(name)
+        for name, cfg in new_config.routes.items():
+            current = table.routes.get(name)
+            if current is None:
+                table.routes[name] = RouteState.from_config(name, cfg)
+                self._export(table.routes[name])
+                self.metrics.route_changes.labels(name, "config").inc()
+                changed.append(name)
+                continue
+            if old_config.routes.get(name) == cfg:
+                continue
+            new = current.with_config(cfg)
+            if current.rolled_back:
+                new = replace(new, rolled_back=True, weight=0.0, weight_before_rollback=cfg.canary_weight)
+            self._commit(new, "config")
+            changed.append(name)
+        if changed:
+            self._save()
+        return changed
+
+    # --- views ------------------------------------------------------------------------------
+    def describe(self, state: RouteState) -> dict[str, Any]:
+        d = asdict(state)
+        d["effective_weight"] = state.effective_weight
+        d["breaker"] = asdict(state.breaker)
+        return d
