@@ -18,9 +18,8 @@ from aiohttp import web
 
 from proxy.simulator import control, native, openai_compat
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, ModelProfile, load_profiles, profiles_from_dict
-from proxy.simulator.state import SimulatorState
+from proxy.simulator.state import SPLIT_WRITES_KEY, STATE_KEY, SimulatorState
 
-STATE_KEY = "state"
 ProfilesArg = Mapping[str, ModelProfile] | Mapping[str, Mapping] | str | Path | None
 
 
@@ -55,7 +54,7 @@ def build_app(profiles: ProfilesArg = None, seed: int | None = None, split_write
     app = web.Application(middlewares=[_not_found_like_gin])
     state = SimulatorState(coerce_profiles(profiles), seed)
     app[STATE_KEY] = state
-    app["split_writes"] = split_writes
+    app[SPLIT_WRITES_KEY] = split_writes
 
     async def _stop_hanging(_: web.Application) -> None:
         state.shutting_down.set()
@@ -88,11 +87,11 @@ def running_simulator(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="ollama-simulator", daemon=True)
     thread.start()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
 
     async def start() -> int:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         return runner.addresses[0][1]
 

@@ -12,12 +12,8 @@ import json
 from aiohttp import web
 
 from proxy.simulator.profiles import ProfileError
-from proxy.simulator.state import SimulatorState
+from proxy.simulator.state import SimulatorState, state_of
 from proxy.simulator.wire import json_reply, native_error
-
-
-def _state(request: web.Request) -> SimulatorState:
-    return request.app["state"]
 
 
 def _profiles_reply(state: SimulatorState) -> web.Response:
@@ -25,11 +21,11 @@ def _profiles_reply(state: SimulatorState) -> web.Response:
 
 
 async def list_profiles(request: web.Request) -> web.Response:
-    return _profiles_reply(_state(request))
+    return _profiles_reply(state_of(request))
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     name = state.resolve(request.match_info["model"])
     if name is None:
         return native_error(404, f"model '{request.match_info['model']}' not found")
@@ -37,7 +33,7 @@ async def get_profile(request: web.Request) -> web.Response:
 
 
 async def patch_profile(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     asked = request.match_info["model"]
     name = state.resolve(asked)
     if name is None:
@@ -56,21 +52,21 @@ async def patch_profile(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     requests = {model: dict(sorted(counts.items())) for model, counts in sorted(state.stats.items())}
     loaded = [name for name, _ in state.loaded_models()]
     return json_reply({"requests": requests, "total": sum(sum(c.values()) for c in state.stats.values()), "loaded": loaded})
 
 
 async def reset(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     state.reset()
     return _profiles_reply(state)
 
 
 async def unload(request: web.Request) -> web.Response:
     """Forget that a model is loaded, so the next request pays a cold load now."""
-    state = _state(request)
+    state = state_of(request)
     name = state.resolve(request.match_info["model"])
     if name is None:
         return native_error(404, f"model '{request.match_info['model']}' not found")

@@ -20,14 +20,10 @@ from proxy.simulator.inference import (
 )
 from proxy.simulator.parse import BadRequest, ErrorFn, keep_alive_seconds, num_predict, read_body, require_model, stream_flag
 from proxy.simulator.serve import client_gone, drop_connection, serve
-from proxy.simulator.state import SimulatorState
+from proxy.simulator.state import SimulatorState, state_of
 from proxy.simulator.wire import NDJSON, json_reply, native_error, ndjson_line, rfc3339
 
 OLLAMA_VERSION = "0.12.6"
-
-
-def _state(request: web.Request) -> SimulatorState:
-    return request.app["state"]
 
 
 def _now() -> str:
@@ -84,7 +80,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def tags(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     entries = [
         models_info.tag_entry(name, profile, models_info.modified_at(state.started_at, index))
         for index, (name, profile) in enumerate(state.profiles.items())
@@ -93,13 +89,13 @@ async def tags(request: web.Request) -> web.Response:
 
 
 async def ps(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     entries = [models_info.ps_entry(name, state.profiles[name], entry) for name, entry in state.loaded_models()]
     return json_reply({"models": entries})
 
 
 async def show(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, native_error)
         key = "model" if body.get("model") else "name"
@@ -130,7 +126,7 @@ async def _load_or_unload(state: SimulatorState, name: str, keep_alive: float | 
 
 
 async def _generating(request: web.Request, endpoint: str) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, native_error)
         asked, name = require_model(state, body, native_error)
@@ -198,7 +194,7 @@ def embed_texts(value: Any, error: ErrorFn) -> list[str]:
 
 
 async def embed(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, native_error)
         asked, name = require_model(state, body, native_error)
@@ -230,7 +226,7 @@ def _renormalised(vector: list[float]) -> list[float]:
 
 async def embeddings_legacy(request: web.Request) -> web.Response:
     """``/api/embeddings`` (deprecated): ``{model, prompt}`` → ``{"embedding": [...]}``."""
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, native_error)
         _, name = require_model(state, body, native_error)

@@ -20,14 +20,10 @@ from proxy.simulator.inference import Inference, chat_prompt_tokens, estimate_to
 from proxy.simulator.native import embed_inputs, embed_texts
 from proxy.simulator.parse import BadRequest, read_body, require_model, stream_flag
 from proxy.simulator.serve import client_gone, serve
-from proxy.simulator.state import SimulatorState
+from proxy.simulator.state import SimulatorState, state_of
 from proxy.simulator.wire import SSE, SSE_DONE, json_reply, openai_error, sse_event
 
 FINGERPRINT = "fp_ollama"
-
-
-def _state(request: web.Request) -> SimulatorState:
-    return request.app["state"]
 
 
 def _usage(inference: Inference) -> dict[str, int]:
@@ -117,7 +113,7 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, openai_error, empty_message="EOF")
         messages = body.get("messages")
@@ -135,7 +131,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, openai_error, empty_message="EOF")
         prompt = body.get("prompt") or ""
@@ -157,7 +153,7 @@ def _float32_base64(vector: list[float]) -> str:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, openai_error, empty_message="EOF")
         encoding = body.get("encoding_format") or ""
@@ -190,12 +186,12 @@ def _model_entry(state: SimulatorState, name: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     return json_reply({"object": "list", "data": [_model_entry(state, name) for name in state.profiles]})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     asked = request.match_info["model"]
     name = state.resolve(asked)
     if name is None:

@@ -21,6 +21,7 @@ from proxy.simulator.inference import (
     ClientGone,
     Inference,
 )
+from proxy.simulator.state import SPLIT_WRITES_KEY
 from proxy.simulator.wire import StreamWriter
 
 
@@ -61,7 +62,7 @@ async def serve(request: web.Request, inference: Inference, fmt: WireFormat, str
             return await _serve_whole(request, inference, fmt)
         response = web.StreamResponse(status=200, headers={"Content-Type": fmt.content_type})
         await response.prepare(request)
-        writer = StreamWriter(response, inference.rng, request.app["split_writes"])
+        writer = StreamWriter(response, inference.rng, request.app[SPLIT_WRITES_KEY])
         async for text in inference.tokens():
             await writer.send(fmt.chunk(text))
         if inference.outcome == MIDSTREAM_ERROR_OUTCOME:

@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Mapping
 
+from aiohttp import web
+
 from proxy.simulator.profiles import ModelProfile
 
 FOREVER_SECONDS = 10 * 365 * 24 * 3600.0  # Ollama shows a far-future expiry for keep_alive < 0
@@ -111,3 +113,11 @@ class SimulatorState:
         now = time.time()
         live = [(name, entry) for name, entry in list(self.loaded.items()) if self.is_loaded(name, now)]
         return sorted(live, key=lambda item: item[1].expires_at, reverse=True)
+
+
+STATE_KEY = web.AppKey("state", SimulatorState)
+SPLIT_WRITES_KEY = web.AppKey("split_writes", bool)
+
+
+def state_of(request: web.Request) -> SimulatorState:
+    return request.app[STATE_KEY]
