@@ -1,0 +1,47 @@
+"""``ollama-sidecar simulate``: an Ollama API on 127.0.0.1:11434 that needs no GPU."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiohttp import web
+
+from proxy.simulator.app import build_app
+from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, ProfileError, load_profiles
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 11434), metavar="HOST:PORT",
+                        help="address to serve on (default 127.0.0.1:11434, Ollama's)")
+    parser.add_argument("--profiles", default=str(DEFAULT_PROFILES_PATH), metavar="FILE.yaml",
+                        help="model profiles (default: the packaged default_profiles.yaml)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible fates and texts")
+    parser.add_argument("--no-split-writes", action="store_true",
+                        help="write each stream line whole (default: split/pack lines like TCP does)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        profiles = load_profiles(args.profiles)
+    except (OSError, ProfileError) as exc:
+        print(f"ollama-sidecar simulate: {exc}", file=sys.stderr)
+        return 2
+    host, port = args.listen
+    app = build_app(profiles, seed=args.seed, split_writes=not args.no_split_writes)
+    print(f"Ollama simulator on http://{host}:{port} with models: {', '.join(profiles)}", flush=True)
+    print(f"  control: http://{host}:{port}/_simulator/models (PATCH .../MODEL to change a profile)", flush=True)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=1.0,
+                    handler_cancellation=True)
+    except OSError as exc:
+        print(f"ollama-sidecar simulate: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
