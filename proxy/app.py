@@ -1,49 +1,98 @@
 """The proxy's aiohttp application: its own endpoints first, everything else forwarded.
 
 ``/metrics``, ``/healthz`` and ``/readyz`` belong to the proxy and are never forwarded;
-the admin API lives under ``/admin/``. Any other path and method goes to Ollama.
+the admin API and the Alertmanager webhook live under ``/admin/``. Any other path and
+method goes to Ollama. Background work (config watch, Alertmanager reconcile) runs as
+tasks tied to the application's lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, make_auth_middleware
 from proxy.admission import AdmissionControl
+from proxy.alertmanager import Reconciler
+from proxy.breaker import Breakers
 from proxy.config import ProxyConfig
+from proxy.control import ControlPlane
 from proxy.forward import Forwarder
 from proxy.instrument import Recorder
 from proxy.metrics import ProxyMetrics
+from proxy.reload import ConfigReloader
 from proxy.routing import RouteTable
+
+log = logging.getLogger("ollama_sidecar.proxy")
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", ProxyMetrics)
-CONFIG = web.AppKey("config", ProxyConfig)
 
 
-def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None) -> web.Application:
+def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
+              overrides: dict[str, Any] | None = None) -> web.Application:
+    """Assemble the proxy. ``overrides`` are the CLI flags, re-applied on every reload."""
     metrics = metrics or ProxyMetrics()
     recorder = Recorder(metrics, config)
     routes = RouteTable(config)
-    forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length))
+    control = ControlPlane(config, routes, metrics)
+    breakers = Breakers(routes, metrics, trip=lambda route: control.rollback(route, "breaker"))
+    forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
+                          on_result=breakers.observe)
+
+    def apply(new: ProxyConfig, old: ProxyConfig) -> None:
+        forwarder.update_config(new)
+        control.apply_config(new, old)
+
+    def record_reload(ok: bool, error: str | None) -> None:
+        metrics.config_reloads.labels("success" if ok else "failure").inc()
+        control.last_reload_error = error
+        control.last_reload_at = time.time()
+
+    reloader = (ConfigReloader(config.config_path, overrides or {}, lambda: forwarder.config, apply, record_reload)
+                if config.config_path else None)
+
     # client_max_size bounds bodies we read ourselves; passthrough bodies stream untouched.
-    app = web.Application(client_max_size=config.max_body_bytes, handler_args={"max_field_size": 65536})
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[make_auth_middleware(config.admin_token)])
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
-    app[CONFIG] = config
+    app[CONTROL] = control
+    app[BREAKERS] = breakers
+    app[RELOAD] = reloader.reload if reloader else (lambda: (False, "no config file to reload (start with --config)"))
 
     async def lifecycle(app: web.Application):
         await forwarder.start()
+        tasks = []
+        if reloader is not None:
+            tasks.append(asyncio.create_task(reloader.watch(config.reload_interval)))
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload)
+        if config.alertmanager_url:
+            reconciler = Reconciler(control, metrics, config.alertmanager_url, config.reconcile_interval)
+            assert forwarder.session is not None
+            tasks.append(asyncio.create_task(reconciler.run(forwarder.session)))
         yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await forwarder.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
 
@@ -60,7 +109,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the default upstream answers GET /api/version."""
     forwarder = request.app[FORWARDER]
-    upstream = request.app[CONFIG].upstream
+    upstream = forwarder.config.upstream
     assert forwarder.session is not None
     try:
         async with asyncio.timeout(3):

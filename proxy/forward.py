@@ -74,6 +74,11 @@ class Forwarder:
         self.on_result = on_result
         self._api_keys = [k.encode() for k in config.api_keys]
 
+    def update_config(self, config: ProxyConfig) -> None:
+        """Adopt a reloaded config for requests that arrive from now on."""
+        self.config = config
+        self._api_keys = [k.encode() for k in config.api_keys]
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
         self.session = aiohttp.ClientSession(
@@ -303,8 +308,12 @@ class Forwarder:
                         break
                     now = loop.time()
                     if strip_usage:
-                        keep = [piece for piece, parse in framer.feed(chunk)
-                                if not parse or observer.line(piece[:-1], now)]
+                        keep = []
+                        for piece, parse in framer.feed(chunk):
+                            if not parse:
+                                keep.append(piece)
+                            elif (kept := observer.line(piece[:-1], now)) is not None:
+                                keep.append(kept + b"\n")
                         if keep:
                             await out.write(b"".join(keep))
                     else:
@@ -323,9 +332,9 @@ class Forwarder:
             raise asyncio.CancelledError() from None
         tail = framer.flush()
         if tail:
-            if strip_usage:
-                await out.write(tail)
-            observer.line(tail, loop.time())
+            kept = observer.line(tail, loop.time())
+            if strip_usage and kept is not None:
+                await out.write(kept)
         unparsed = self.recorder.metrics.unparsed_lines
         if observer.unparsed:
             unparsed.labels(endpoint.name, "invalid").inc(observer.unparsed)

@@ -141,12 +141,18 @@ class NativeStreamObserver:
             read_native_final(stats, obj)
 
 
+# With include_usage, Ollama's /v1/completions puts this on every chunk (Go's encoder
+# writes it byte for byte the same each time); without it the field is omitted.
+ZERO_USAGE = b',"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}'
+
+
 class SSEStreamObserver:
-    """Reads an OpenAI SSE stream; optionally hides the usage chunk the proxy asked for.
+    """Reads an OpenAI SSE stream; optionally hides the usage the proxy asked for.
 
     When the client did not ask for ``stream_options.include_usage`` the proxy asks for
-    it upstream (it is the only place token counts appear) and removes that one event,
-    so the client receives exactly the bytes it would have got without the proxy.
+    it upstream (it is the only place token counts appear) and removes what that adds
+    (the final usage event, and the zeroed usage field /v1/completions puts on every
+    chunk), so the client receives exactly the bytes it would have got without the proxy.
     """
 
     __slots__ = ("stats", "strip_usage", "unparsed", "_drop_blank")
@@ -157,36 +163,39 @@ class SSEStreamObserver:
         self.unparsed = 0
         self._drop_blank = False
 
-    def line(self, line: bytes, now: float) -> bool:
-        """Observe one line; return False when it must not reach the client."""
+    def line(self, line: bytes, now: float) -> bytes | None:
+        """Observe one line; return what the client gets of it (None: nothing)."""
         if not line.startswith(b"data:"):
             if self._drop_blank and not line.strip():
                 self._drop_blank = False
-                return False
-            return True
+                return None
+            return line
         self._drop_blank = False
         payload = line[5:].strip()
         if payload == b"[DONE]":
             self.stats.finished = True
-            return True
+            return line
+        if self.strip_usage and ZERO_USAGE in line:
+            line = line.replace(ZERO_USAGE, b"", 1)
+            payload = payload.replace(ZERO_USAGE, b"", 1)
         stats = self.stats
         if (stats.first_content_at is not None and b'"usage"' not in payload
                 and b'"error"' not in payload):
             stats.last_content_at = now
-            return True
+            return line
         obj = _loads(payload)
         if not isinstance(obj, dict):
             self.unparsed += 1
-            return True
+            return line
         if "error" in obj:
             err = obj["error"]
             stats.error = str(err.get("message") if isinstance(err, dict) else err)[:200]
-            return True
+            return line
         if obj.get("usage"):
             read_openai_usage(stats, obj)
             if self.strip_usage and obj.get("choices") == []:
                 self._drop_blank = True
-                return False
+                return None
         for choice in obj.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
@@ -197,7 +206,7 @@ class SSEStreamObserver:
                 if stats.first_content_at is None:
                     stats.first_content_at = now
                 stats.last_content_at = now
-        return True
+        return line
 
 
 def read_reply_body(endpoint: Endpoint, body: bytes, stats: ReplyStats) -> None:

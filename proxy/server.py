@@ -36,12 +36,13 @@ def split_listen(listen: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
-        config = load_config(args.config, overrides={"listen": args.listen, "upstream": args.upstream})
+        overrides = {"listen": args.listen, "upstream": args.upstream}
+        config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"ollama-sidecar proxy: config error: {exc}", file=sys.stderr)
         return 2
     host, port = split_listen(config.listen)
-    app = build_app(config)
+    app = build_app(config, overrides=overrides)
     log.info("proxy listening on http://%s:%d, forwarding to %s (metrics at /metrics)",
              host, port, config.upstream)
     # handler_cancellation: a client that disconnects cancels its handler, which closes the

@@ -50,8 +50,12 @@ def sse_chat(model: str, words: list[str], include_usage: bool, prompt_tokens: i
     for w in words:
         choice = ({"index": 0, "delta": {"role": "assistant", "content": w}, "finish_reason": None}
                   if kind == "chat" else {"index": 0, "text": w, "finish_reason": None})
-        events.append({"id": "chatcmpl-1", "object": obj, "created": 1720000000, "model": model,
-                       "system_fingerprint": "fp_ollama", "choices": [choice]})
+        event = {"id": "chatcmpl-1", "object": obj, "created": 1720000000, "model": model,
+                 "system_fingerprint": "fp_ollama", "choices": [choice]}
+        if include_usage and kind != "chat":
+            # Ollama's /v1/completions zero-fills usage on every chunk when it was asked for.
+            event["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        events.append(event)
     finish = ({"index": 0, "delta": {}, "finish_reason": "stop"} if kind == "chat"
               else {"index": 0, "text": "", "finish_reason": "stop"})
     events.append({"id": "chatcmpl-1", "object": obj, "created": 1720000000, "model": model,
