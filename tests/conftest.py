@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import METRICS, build_app
-from proxy.config import parse_config
+from proxy.config import ProxyConfig, parse_config
 
 
 def free_port() -> int:
@@ -51,10 +51,11 @@ class RunningProxy:
 
 
 @contextmanager
-def running_proxy(settings: dict[str, Any], **app_kwargs: Any) -> Iterator[RunningProxy]:
+def running_proxy(settings: dict[str, Any], environ: dict[str, str] | None = None,
+                  config: ProxyConfig | None = None) -> Iterator[RunningProxy]:
     """Start the proxy (real server, real sockets) in a thread; stop it afterwards."""
-    config = parse_config(settings, environ={})
-    app = build_app(config, **app_kwargs)
+    config = config or parse_config(settings, environ=environ or {})
+    app = build_app(config)
     loop = asyncio.new_event_loop()
     port = free_port()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

@@ -1,0 +1,130 @@
+"""``ollama-sidecar status | route set | rollback | promote | resume``: the admin API from a shell.
+
+Exit codes are for scripts: 0 done, 1 refused (unknown route, nothing to resume…),
+2 usage error, 3 proxy unreachable, 4 wrong or missing admin token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED = 0, 1, 2, 3, 4
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--proxy", default=os.environ.get("OLLAMA_SIDECAR_URL", "http://127.0.0.1:11435"),
+                        help="proxy base URL (env OLLAMA_SIDECAR_URL; default http://127.0.0.1:11435)")
+    parser.add_argument("--token-file", help="file holding the admin token (else env OLLAMA_SIDECAR_ADMIN_TOKEN "
+                        "or OLLAMA_SIDECAR_ADMIN_TOKEN_FILE)")
+    parser.add_argument("--json", action="store_true", help="print the proxy's JSON answer")
+    if command == "route":
+        parser.add_argument("action", choices=["set"])
+    if command != "status":
+        parser.add_argument("route", help="route alias, e.g. chat")
+    if command == "route":
+        parser.add_argument("--stable", help="model for the stable arm")
+        parser.add_argument("--canary", help="model for the canary arm ('' removes the canary)")
+        parser.add_argument("--weight", type=float, help="canary weight, 0-100 (decimals allowed)")
+    if command == "rollback":
+        parser.add_argument("--reason", help="a note recorded with the rollback")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    path = args.token_file or os.environ.get("OLLAMA_SIDECAR_ADMIN_TOKEN_FILE")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return os.environ.get("OLLAMA_SIDECAR_ADMIN_TOKEN") or None
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    headers = {}
+    token = _token(args)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    url = args.proxy.rstrip("/") + path
+    try:
+        resp = requests.request(method, url, json=body, headers=headers, timeout=10)
+    except requests.RequestException as exc:
+        print(f"ollama-sidecar: cannot reach the proxy at {args.proxy}: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_UNREACHABLE, None
+    try:
+        payload = resp.json()
+    except ValueError:
+        payload = {"error": resp.text[:200]}
+    if resp.status_code in (401, 403):
+        print(f"ollama-sidecar: the proxy refused the admin request: {payload.get('error')}", file=sys.stderr)
+        return EXIT_UNAUTHORIZED, payload
+    if resp.status_code >= 400:
+        print(f"ollama-sidecar: {payload.get('error', resp.status_code)}", file=sys.stderr)
+        return EXIT_REFUSED, payload
+    return EXIT_OK, payload
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    header = ("ROUTE", "STABLE", "CANARY", "WEIGHT", "ROLLED BACK", "REASON", "SINCE",
+              "STABLE RPS", "STABLE ERR", "CANARY RPS", "CANARY ERR")
+    rows = []
+    for r in doc.get("routes", []):
+        live = r.get("live", {})
+        weight = f"{r['effective_weight']:g}%"
+        if r["rolled_back"] and r.get("weight_before_rollback") is not None:
+            weight += f" (was {r['weight_before_rollback']:g}%)"
+        rows.append((
+            r["name"], r["stable"], r.get("canary") or "-", weight, "YES" if r["rolled_back"] else "no",
+            r.get("reason", "-"), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["since"])),
+            f"{live.get('stable', {}).get('requests_per_second', 0):.2f}",
+            _fmt_ratio(live.get("stable", {}).get("failure_ratio")),
+            f"{live.get('canary', {}).get('requests_per_second', 0):.2f}",
+            _fmt_ratio(live.get("canary", {}).get("failure_ratio")),
+        ))
+    if not rows:
+        return "no routes configured (add 'routes:' to the proxy's config file)"
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    if doc.get("last_reload_error"):
+        lines.append(f"\nlast config reload FAILED: {doc['last_reload_error']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "status":
+        code, doc = _call(args, "GET", "/admin/routes")
+    elif command == "route":
+        body: dict[str, Any] = {}
+        if args.stable:
+            body["stable"] = args.stable
+        if args.canary is not None:
+            body["canary"] = args.canary or None
+        if args.weight is not None:
+            body["canary_weight"] = args.weight
+        if not body:
+            print("ollama-sidecar route set: give at least one of --stable, --canary, --weight", file=sys.stderr)
+            return EXIT_USAGE
+        code, doc = _call(args, "PUT", f"/admin/routes/{args.route}", body)
+    else:
+        body = {"reason": args.reason} if command == "rollback" and args.reason else {}
+        code, doc = _call(args, "POST", f"/admin/routes/{args.route}/{command}", body)
+    if code != EXIT_OK:
+        return code
+    if args.json:
+        import json
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif command == "status":
+        print(format_status(doc))
+    else:
+        print(format_status({"routes": [doc]}))
+        if command == "rollback" and not doc.get("changed", True):
+            print(f"route {args.route} was already rolled back ({doc['reason']}); nothing changed")
+    return EXIT_OK
