@@ -1,0 +1,154 @@
+"""``ollama-sidecar demo``: watch a bad canary get rolled back, on any machine, no GPU.
+
+The story: a route ``chat`` splits sticky sessions 50/50 between a stable model and a
+canary fine-tune (both served by the Ollama simulator). Traffic flows. Then the canary
+starts failing. With Prometheus and Alertmanager installed, the shipped alert rules fire
+``OllamaCanaryErrorRateHigh``, Alertmanager calls the proxy's webhook and the proxy rolls
+the route back; without them, the proxy's own circuit breaker does it. Either way the
+stable arm never sees an error. Every process is stopped on Ctrl-C or when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from proxy.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
+from proxy.traffic import TrafficDriver
+
+CANARY_RATIO_RULE = "route_arm:ollama_proxy_requests_failed:ratio_rate"
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--fault-after", type=float, default=10.0, help="seconds of healthy traffic before "
+                        "the canary breaks (default 10)")
+    parser.add_argument("--error-rate", type=float, default=0.6, help="share of canary requests that fail "
+                        "once broken (default 0.6)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="give up waiting for the rollback after "
+                        "this many seconds (default 60)")
+    parser.add_argument("--linger", type=float, default=60.0, help="keep everything running this long after "
+                        "the rollback so you can open the URLs (default 60; Ctrl-C stops sooner)")
+    parser.add_argument("--no-monitoring", action="store_true", help="skip Prometheus and Alertmanager even "
+                        "when installed (the breaker acts instead)")
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _arm_stats(outcomes: list[Any], arm: str, span: float) -> str:
+    mine = [o for o in outcomes if o.arm == arm]
+    if not mine:
+        return f"{0:5.1f}/s    -  "
+    failed = sum(1 for o in mine if not o.completed)
+    return f"{len(mine) / span:5.1f}/s {failed / len(mine):5.0%}"
+
+
+def _urls(stack: LocalStack) -> list[str]:
+    lines = [f"  proxy metrics   {stack.url('proxy')}/metrics",
+             f"  exporter        {stack.url('exporter')}/metrics",
+             f"  route status    OLLAMA_SIDECAR_URL={stack.url('proxy')} OLLAMA_SIDECAR_ADMIN_TOKEN_FILE="
+             f"{stack.token_file} ollama-sidecar status"]
+    if stack.monitoring:
+        expr = urllib.parse.quote(f'{CANARY_RATIO_RULE}{{route="{ROUTE}"}}')
+        lines += [f"  canary vs stable failure ratio (Prometheus)  "
+                  f"{stack.url('prometheus')}/graph?g0.expr={expr}&g0.tab=0&g0.range_input=5m",
+                  f"  alerts (Prometheus)  {stack.url('prometheus')}/alerts",
+                  f"  Alertmanager         {stack.url('alertmanager')}/#/alerts"]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monitoring = monitoring_available() and not args.no_monitoring
+    workdir = Path(tempfile.mkdtemp(prefix="ollama-sidecar-demo-"))
+    breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
+    options = StackOptions(workdir=workdir, canary_weight=50, breaker=breaker, monitoring=monitoring,
+                           reconcile_interval=5.0, preferred_ports=True)
+    _say("ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n")
+    if not monitoring:
+        _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else
+             "not installed. The proxy's own circuit breaker will act.\n  For the full loop "
+             "(alert rule -> Alertmanager -> webhook): sudo apt-get install prometheus prometheus-alertmanager"))
+    stack = LocalStack(options)
+    traffic: TrafficDriver | None = None
+    try:
+        _say("  starting: simulator, proxy, exporter" + (", Alertmanager, Prometheus" if monitoring else "") + " …")
+        stack.start()
+        _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
+        traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
+        outcome = _timeline(stack, traffic, args)
+        if outcome is None:
+            _say(f"\n  no rollback within {args.timeout:g}s: look at the logs in {workdir}")
+            return 1
+        _say("")
+        if monitoring:
+            _print_report(stack)
+        _say("\n  open while it runs:")
+        for line in _urls(stack):
+            _say(line)
+        if args.linger > 0:
+            _say(f"\n  traffic keeps flowing (all on stable now); stopping in {args.linger:g}s, Ctrl-C to stop now.")
+            time.sleep(args.linger)
+        return 0
+    except KeyboardInterrupt:
+        _say("\n  interrupted")
+        return 130
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        _say("  stopped every process the demo started.")
+
+
+def _timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespace) -> dict[str, Any] | None:
+    _say(f"  {'t':>4}  {'stable':^14}  {'canary':^14}  {'weight':>6}  {'firing alerts':<32} route")
+    start = time.monotonic()
+    broke_at: float | None = None
+    seen_alerts: set[str] = set()
+    while time.monotonic() - start < args.fault_after + args.timeout:
+        time.sleep(1.0)
+        now = time.monotonic()
+        t = now - start
+        if broke_at is None and t >= args.fault_after:
+            stack.break_canary(error_rate=args.error_rate)
+            broke_at = now
+            _say(f"  {t:4.0f}s >>> the canary breaks: {args.error_rate:.0%} of its requests now fail with HTTP 500")
+        recent = traffic.snapshot(since=now - 2.0)
+        state = stack.route_state()
+        alerts = stack.firing_alerts()
+        for name in sorted(set(alerts) - seen_alerts):
+            _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
+        seen_alerts |= set(alerts)
+        status = f"ROLLED BACK ({state['reason']})" if state["rolled_back"] else "split"
+        _say(f"  {t:4.0f}s  {_arm_stats(recent, 'stable', 2.0)}  {_arm_stats(recent, 'canary', 2.0)}  "
+             f"{state['effective_weight']:5.0f}%  {', '.join(alerts) or '-':<32} {status}")
+        if state["rolled_back"]:
+            assert broke_at is not None
+            _say(f"\n  rolled back {now - broke_at:.1f}s after the canary broke, by {state['reason']}.")
+            stable_failed = [o for o in traffic.snapshot() if o.arm == "stable" and not o.completed]
+            _say(f"  requests on stable that failed at any time: {len(stable_failed)}")
+            return state
+    return None
+
+
+def _print_report(stack: LocalStack) -> None:
+    from proxy import report
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser, "report")
+    args = parser.parse_args([ROUTE, "--prometheus", stack.url("prometheus"), "--window", "5m"])
+    args.command = "report"
+    _say("  A/B report from Prometheus (ollama-sidecar report chat --prometheus …):")
+    report.run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(argparse.Namespace()))

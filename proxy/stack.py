@@ -1,0 +1,274 @@
+"""The whole closed loop on one machine: simulator, proxy, exporter, Prometheus, Alertmanager.
+
+Used by ``ollama-sidecar demo`` and by the end-to-end tests, so what a newcomer watches is
+exactly what CI proves. Every component is a real process on a loopback port chosen at
+run time (the usual port when it is free, so the demo's URLs are the familiar ones).
+Prometheus and Alertmanager run with the configs the project ships
+(``provisioning/``), rendered for these ports, with the fast rule profile and a 1 s
+scrape and evaluation interval. Processes get their own process group and are stopped
+as a group, so nothing outlives the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROVISIONING = REPO_ROOT / "provisioning"
+STABLE_MODEL = "qwen3:8b"
+CANARY_MODEL = "qwen3:8b-ft"
+ROUTE = "chat"
+
+
+def find_alertmanager() -> str | None:
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def monitoring_available() -> bool:
+    return bool(shutil.which("prometheus") and find_alertmanager())
+
+
+def pick_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free, else any free loopback port."""
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class StackOptions:
+    workdir: Path
+    canary_weight: float = 50.0
+    breaker: dict[str, Any] | None = None  # route breaker settings; None: off
+    monitoring: bool = True  # Prometheus + Alertmanager
+    webhook_reachable: bool = True  # False: Alertmanager's webhook points at a dead port
+    reconcile_interval: float | None = None  # set: the proxy polls Alertmanager's API
+    preferred_ports: bool = False  # try 11434/11435/9101/9090/9093 first (the demo)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        STABLE_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 60, "output_tokens": 12,
+                       "cold_load_seconds": 0.3, "keep_alive_seconds": -1},
+        CANARY_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 70, "output_tokens": 12,
+                       "cold_load_seconds": 0.3, "keep_alive_seconds": -1},
+    })
+
+
+class Process:
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.env, start_new_session=True)
+        log.close()
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class LocalStack:
+    """Start with :meth:`start`, always :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.dir = options.workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pref = options.preferred_ports
+        self.ports = {name: pick_port(default if pref else None) for name, default in
+                      (("simulator", 11434), ("proxy", 11435), ("exporter", 9101), ("prometheus", 9090),
+                       ("alertmanager", 9093))}
+        self.token = secrets.token_urlsafe(24)
+        self.token_file = self.dir / "admin_token"
+        self.token_file.write_text(self.token + "\n")
+        self.token_file.chmod(0o600)
+        self.state_file = self.dir / "proxy-state.json"
+        self.processes: dict[str, Process] = {}
+        self.monitoring = options.monitoring and monitoring_available()
+
+    # --- URLs --------------------------------------------------------------------------------
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    # --- configs -----------------------------------------------------------------------------
+    def _cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "proxy.cli", *args]
+
+    def _write_yaml(self, name: str, data: Any) -> Path:
+        path = self.dir / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def proxy_config(self) -> dict[str, Any]:
+        route: dict[str, Any] = {"stable": STABLE_MODEL, "canary": CANARY_MODEL,
+                                 "canary_weight": self.options.canary_weight}
+        if self.options.breaker:
+            route["breaker"] = self.options.breaker
+        config: dict[str, Any] = {
+            "listen": f"127.0.0.1:{self.ports['proxy']}", "upstream": self.url("simulator"),
+            "state_file": str(self.state_file), "admin": {"token_file": str(self.token_file)},
+            "routes": {ROUTE: route}, "access_log": False,
+        }
+        if self.options.reconcile_interval is not None and self.monitoring:
+            config["alertmanager_url"] = self.url("alertmanager")
+            config["reconcile_interval"] = self.options.reconcile_interval
+        return config
+
+    def prometheus_config(self) -> dict[str, Any]:
+        shipped = yaml.safe_load((PROVISIONING / "prometheus" / "prometheus.yml").read_text())
+        shipped["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+        rules = self.dir / "rules"
+        shutil.rmtree(rules, ignore_errors=True)
+        shutil.copytree(PROVISIONING / "prometheus" / "rules-fast", rules)
+        shipped["rule_files"] = [str(rules / "*.yml")]
+        shipped["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
+            f"127.0.0.1:{self.ports['alertmanager']}"]
+        targets = {"ollama-proxy": "proxy", "ollama-exporter": "exporter", "prometheus": "prometheus",
+                   "alertmanager": "alertmanager"}
+        for job in shipped["scrape_configs"]:
+            job["static_configs"][0]["targets"] = [f"127.0.0.1:{self.ports[targets[job['job_name']]]}"]
+        return shipped
+
+    def alertmanager_config(self) -> dict[str, Any]:
+        shipped = yaml.safe_load((PROVISIONING / "alertmanager" / "alertmanager.yml").read_text())
+        rollback_route = next(r for r in shipped["route"]["routes"] if r["receiver"] == "rollback")
+        rollback_route.update({"group_wait": "1s", "group_interval": "2s"})
+        hook_port = self.ports["proxy"] if self.options.webhook_reachable else pick_port()
+        for receiver in shipped["receivers"]:
+            for hook in receiver.get("webhook_configs", []):
+                hook["url"] = f"http://127.0.0.1:{hook_port}/admin/alertmanager"
+                hook["http_config"]["authorization"]["credentials_file"] = str(self.token_file)
+        return shipped
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "LocalStack":
+        profiles = self._write_yaml("profiles.yaml", {"models": self.options.profiles})
+        self._spawn("simulator", self._cli("simulate", "--listen", f"127.0.0.1:{self.ports['simulator']}",
+                                            "--profiles", str(profiles), "--seed", "1"),
+                    f"{self.url('simulator')}/api/version")
+        self._start_proxy()
+        self._spawn("exporter", self._cli("exporter", "--listen", f"127.0.0.1:{self.ports['exporter']}",
+                                           "--ollama", self.url("simulator"), "--no-nvml"),
+                    f"{self.url('exporter')}/metrics")
+        if self.monitoring:
+            am_config = self._write_yaml("alertmanager.yml", self.alertmanager_config())
+            self._spawn("alertmanager", [find_alertmanager() or "alertmanager", f"--config.file={am_config}",
+                                         f"--storage.path={self.dir / 'am-data'}",
+                                         f"--web.listen-address=127.0.0.1:{self.ports['alertmanager']}",
+                                         "--cluster.listen-address=", "--log.level=warn"],
+                        f"{self.url('alertmanager')}/-/ready")
+            prom_config = self._write_yaml("prometheus.yml", self.prometheus_config())
+            self._spawn("prometheus", [shutil.which("prometheus") or "prometheus", f"--config.file={prom_config}",
+                                       f"--storage.tsdb.path={self.dir / 'prom-data'}",
+                                       f"--web.listen-address=127.0.0.1:{self.ports['prometheus']}",
+                                       "--log.level=warn"],
+                        f"{self.url('prometheus')}/-/ready")
+        return self
+
+    def _start_proxy(self) -> None:
+        config = self._write_yaml("proxy.yaml", self.proxy_config())
+        self._spawn("proxy", self._cli("proxy", "--config", str(config), "--log-level", "warning"),
+                    f"{self.url('proxy')}/healthz")
+
+    def restart_proxy(self) -> None:
+        self.processes.pop("proxy").stop()
+        self._start_proxy()
+
+    def _spawn(self, name: str, argv: list[str], ready_url: str, timeout: float = 30.0) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = Process(name, argv, self.dir / f"{name}.log", env)
+        self.processes[name] = process
+        process.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise RuntimeError(f"{name} exited at start:\n{process.log_tail()}")
+            try:
+                if requests.get(ready_url, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not ready within {timeout:g}s:\n{process.log_tail()}")
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.processes[name].stop()
+        self.processes.clear()
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what the loop looks like ------------------------------------------------------------
+    def route_state(self) -> dict[str, Any]:
+        return requests.get(f"{self.url('proxy')}/admin/routes/{ROUTE}", headers=self.admin_headers,
+                            timeout=5).json()
+
+    def break_canary(self, **fields: Any) -> None:
+        resp = requests.patch(f"{self.url('simulator')}/_simulator/models/{CANARY_MODEL}",
+                              data=json.dumps(fields), timeout=5)
+        resp.raise_for_status()
+
+    def firing_alerts(self) -> list[str]:
+        if not self.monitoring:
+            return []
+        try:
+            doc = requests.get(f"{self.url('prometheus')}/api/v1/alerts", timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return []
+        return sorted({a["labels"]["alertname"] for a in doc.get("data", {}).get("alerts", [])
+                       if a.get("state") == "firing"})
