@@ -39,10 +39,11 @@ def rule_groups(profile: Profile) -> dict:
         g["rules"] = rules
         return g
 
-    return {"groups": [
-        group("ollama-sidecar.recording", recording_rules(profile)),
-        group("ollama-sidecar.alerts", alert_rules(profile)),
-    ]}
+    # One group, recording rules first: Prometheus evaluates a group's rules in order at one
+    # timestamp, so every alert reads this evaluation's recorded series. In two groups the
+    # alerts could read the previous evaluation's, adding up to an interval of delay and
+    # making the time to fire vary from run to run.
+    return {"groups": [group("ollama-sidecar", recording_rules(profile) + alert_rules(profile))]}
 
 
 def render(profile: Profile) -> str:
