@@ -83,17 +83,25 @@ def gauge(title: str, queries, unit: str, steps: list[dict], *, min_: float = 0,
     )
 
 
-def table(title: str, queries: list[tuple[str, str]], unit: str, *, description: str = "",
-          overrides: list[dict] | None = None, sort_by: str | None = None) -> g.Table:
-    """An instant-query table: one row per series, label columns plus the value(s)."""
-    targets = [target(expr, legend, chr(ord("A") + i), instant=True, table=True)
-               for i, (expr, legend) in enumerate(queries)]
-    transformations: list[dict] = [{"id": "merge", "options": {}}] if len(queries) > 1 else []
-    transformations.append({"id": "organize", "options": {"excludeByName": {"Time": True}}})
+def table(title: str, columns: list[tuple[str, str]], unit: str, *, description: str = "",
+          units: dict[str, str] | None = None, sort_by: str | None = None) -> g.Table:
+    """An instant-query table: one row per series, its labels then one column per query.
+
+    ``columns`` is [(expr, column title)]; ``unit`` applies to every value column unless
+    ``units`` names another for a column title.
+    """
+    targets = [target(expr, "", chr(ord("A") + i), instant=True, table=True)
+               for i, (expr, _) in enumerate(columns)]
+    # Grafana names the value column "Value" for one query and "Value #A"… for several.
+    raw = ["Value"] if len(columns) == 1 else [f"Value #{t.refId}" for t in targets]
+    rename = {r: name for r, (_, name) in zip(raw, columns)}
+    transformations: list[dict] = [{"id": "merge", "options": {}}] if len(columns) > 1 else []
+    transformations.append({"id": "organize", "options": {
+        "excludeByName": {"Time": True, "__name__": True, "job": True}, "renameByName": rename}})
     return g.Table(
         title=title, description=description or None, dataSource=DATASOURCE, targets=targets,
-        unit=unit, thresholds=GREEN_ONLY, overrides=overrides or [],
-        transformations=transformations,
+        unit=unit, thresholds=GREEN_ONLY, transformations=transformations,
+        overrides=[override_unit(col, u) for col, u in sorted((units or {}).items())],
         sortBy=[g.TableSortByField(displayName=sort_by, desc=True)] if sort_by else [],
     )
 
@@ -116,11 +124,13 @@ def override_unit(field_name: str, unit: str) -> dict:
 # --- variables ------------------------------------------------------------------------
 
 def _query_var(name: str, label: str, query: str) -> g.Template:
-    return g.Template(
+    var = g.Template(
         name=name, label=label, dataSource=DATASOURCE, type="query",
-        query=query, includeAll=True, multi=True,
-        allValue=".*", default="All", refresh=2,
+        query=query, includeAll=True, multi=True, allValue=".*", refresh=2,
     )
+    # Start on "All" the way Grafana stores it (grafanalib would store the literal text).
+    var._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return var
 
 
 def variables(instance_query: str, route_query: str, model_query: str) -> g.Templating:

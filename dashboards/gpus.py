@@ -31,15 +31,12 @@ def build() -> g.Dashboard:
     lay.row(
         "Loaded models",
         (c.table("Loaded models", [
-            (f"{em.OLLAMA_MODEL_LOADED_SIZE.name}{{{MODEL}}}", ""),
-            (f"{em.OLLAMA_MODEL_VRAM.name}{{{MODEL}}}", ""),
-            (f"{em.OLLAMA_MODEL_VRAM_RATIO.name}{{{MODEL}}}", ""),
-            (f"{em.OLLAMA_MODEL_EXPIRES_IN.name}{{{MODEL}}}", ""),
-        ], "bytes", overrides=[
-            c.override_unit("Value #C", "percentunit"),
-            c.override_unit("Value #D", "s"),
-        ], description="Value #A size in memory, #B part in VRAM, #C VRAM ratio (below 100 % = "
-                       "spilled to CPU), #D seconds until Ollama unloads it."), 24),
+            (f"{em.OLLAMA_MODEL_LOADED_SIZE.name}{{{MODEL}}}", "In memory"),
+            (f"{em.OLLAMA_MODEL_VRAM.name}{{{MODEL}}}", "In VRAM"),
+            (f"{em.OLLAMA_MODEL_VRAM_RATIO.name}{{{MODEL}}}", "VRAM ratio"),
+            (f"{em.OLLAMA_MODEL_EXPIRES_IN.name}{{{MODEL}}}", "Unloads in"),
+        ], "bytes", units={"VRAM ratio": "percentunit", "Unloads in": "s"}, sort_by="In memory",
+            description="A VRAM ratio below 100 % means part of the model runs on the CPU."), 24),
     )
     lay.row(
         "VRAM and expiry",

@@ -116,11 +116,12 @@ def build() -> g.Dashboard:
     lay.row(
         "Decisions",
         (c.table("Route changes in range by reason",
-                 [(f'sum by (route, reason) (increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]))', "")],
-                 "short", sort_by="Value",
+                 [(f'sum by (route, reason) (increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]))',
+                   "Changes")], "short", sort_by="Changes",
                  description="admin, config, alert:<name>, breaker, reconcile, promote, resume."), 12),
         (c.table("Models per route now",
-                 [(f'max by (route, stable, canary) ({pm.ROUTE_INFO.name}{{route=~"$route"}})', "")], "none"), 12),
+                 [(f'max by (route, stable, canary) ({pm.ROUTE_INFO.name}{{route=~"$route"}})', "Configured")],
+                 "none"), 12),
         height=7,
     )
     return c.dashboard(

@@ -31,11 +31,11 @@ def build() -> g.Dashboard:
     lay.row(
         "Top sessions in range",
         (c.table("Top sessions by requests",
-                 [(f"topk(10, sum by (session) (increase({REQ}{{{F}}}[$__range])))", "")], "short",
-                 sort_by="Value"), 12),
+                 [(f"topk(10, sum by (session) (increase({REQ}{{{F}}}[$__range])))", "Requests")], "short",
+                 sort_by="Requests"), 12),
         (c.table("Top sessions by tokens",
-                 [(f"topk(10, sum by (session) (increase({pm.TOKENS.name}{{{F}}}[$__range])))", "")], "short",
-                 sort_by="Value"), 12),
+                 [(f"topk(10, sum by (session) (increase({pm.TOKENS.name}{{{F}}}[$__range])))", "Tokens")], "short",
+                 sort_by="Tokens"), 12),
         height=10,
     )
     lay.row(

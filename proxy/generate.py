@@ -21,6 +21,17 @@ def generated_files() -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
+# Directories whose every file of a kind is generated: a file there that the code no longer
+# produces (a renamed dashboard) is stale and would still be provisioned.
+OWNED_GLOBS = ("provisioning/grafana/dashboards/*.json",)
+
+
+def orphans(root: Path, files: dict[str, str]) -> list[str]:
+    """Generated-looking files under ``root`` that the code no longer produces."""
+    found = {p.relative_to(root).as_posix() for pattern in OWNED_GLOBS for p in root.glob(pattern)}
+    return sorted(found - set(files))
+
+
 def _default_root() -> Path:
     # The repository this module lives in when run from a checkout, else the cwd.
     repo = Path(__file__).resolve().parent.parent
@@ -55,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         stale = drifted(root, files)
         for rel in stale:
             print(f"drifted: {rel}", file=sys.stderr)
+        for rel in orphans(root, files):
+            print(f"no longer generated: {rel}", file=sys.stderr)
+            stale.append(rel)
         if stale:
             print("run 'ollama-sidecar generate' and commit the result", file=sys.stderr)
             return 1
@@ -68,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(files[rel], encoding="utf-8")
         tmp.replace(path)  # never leave a half-written file for Prometheus to load
         print(f"wrote {rel}")
+        written += 1
+    for rel in orphans(root, files):
+        (root / rel).unlink()
+        print(f"removed {rel} (no longer generated)")
         written += 1
     print(f"{len(files)} generated files, {written} changed")
     return 0

@@ -46,3 +46,15 @@ def test_check_lists_drifted_files_and_writes_nothing(tmp_path, capsys):
     assert "rules/ollama-sidecar.rules.yml\n" not in err.replace("rules-fast/", "")  # untouched file not listed
     assert "for: 1m" in rules.read_text()  # --check wrote nothing
     assert not (tmp_path / "provisioning/grafana/dashboards/sessions.json").exists()
+
+
+def test_a_dashboard_the_code_no_longer_makes_is_reported_then_removed(tmp_path, capsys):
+    assert cli.main(["generate", "--root", str(tmp_path)]) == 0
+    old = tmp_path / "provisioning/grafana/dashboards/renamed-long-ago.json"
+    old.write_text("{}")
+    capsys.readouterr()
+    assert cli.main(["generate", "--check", "--root", str(tmp_path)]) == 1
+    assert "renamed-long-ago.json" in capsys.readouterr().err and old.exists()
+    assert cli.main(["generate", "--root", str(tmp_path)]) == 0
+    assert not old.exists()
+    assert cli.main(["generate", "--check", "--root", str(tmp_path)]) == 0
