@@ -1,0 +1,215 @@
+"""Alert rules. Each says what is wrong, links its runbook section and the dashboard to open.
+
+Only the two canary alerts carry ``action="rollback"``: the proxy's Alertmanager webhook
+rolls a route back when one of them fires. Every other alert is for humans, including
+:data:`ROUTE_ROLLED_BACK`, which says that automation acted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter import metrics as em
+from proxy import metrics as pm
+
+from alerts import recording as r
+from alerts.profiles import Profile
+from dashboards import uids
+
+# One base for every runbook link; the anchor is the alert name in lower case, which is
+# what GitHub generates for a heading that is exactly the alert name.
+RUNBOOK_BASE = "https://github.com/ollama-sidecar/ollama-sidecar/blob/main/docs/runbooks.md"
+# Dashboard links are Grafana paths (relative to Grafana's root URL, which only the
+# deployment knows); Grafana resolves /d/<uid> without the slug.
+PROXY_JOB = "ollama-proxy"
+EXPORTER_JOB = "ollama-exporter"
+
+CANARY_ERROR_RATE_HIGH = "OllamaCanaryErrorRateHigh"
+CANARY_LATENCY_REGRESSION = "OllamaCanaryLatencyRegression"
+OLLAMA_DOWN = "OllamaDown"
+PROXY_DOWN = "OllamaProxyDown"
+EXPORTER_DOWN = "OllamaExporterDown"
+MODEL_SPILLED = "OllamaModelSpilledToCPU"
+GPU_MEMORY_NEARLY_FULL = "OllamaGPUMemoryNearlyFull"
+GPU_HOT = "OllamaGPUHot"
+PROXY_OVERLOADED = "OllamaProxyOverloaded"
+HIGH_ERROR_RATE = "OllamaHighErrorRate"
+SLOW_TTFT = "OllamaSlowTimeToFirstToken"
+ROUTE_ROLLED_BACK = "OllamaRouteRolledBack"
+
+ROLLBACK_ALERTS = (CANARY_ERROR_RATE_HIGH, CANARY_LATENCY_REGRESSION)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert rule before it becomes YAML."""
+
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    dashboard: str
+    dashboard_vars: tuple[str, ...] = ()  # alert labels passed on as Grafana variables
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def runbook_url(self) -> str:
+        return f"{RUNBOOK_BASE}#{self.name.lower()}"
+
+    def dashboard_url(self) -> str:
+        query = "&".join(f"var-{v}={{{{ $labels.{v} }}}}" for v in self.dashboard_vars)
+        return f"/d/{self.dashboard}" + (f"?{query}" if query else "")
+
+    def rule(self) -> dict:
+        rule: dict = {"alert": self.name, "expr": self.expr}
+        if self.for_ != "0s":
+            rule["for"] = self.for_
+        rule["labels"] = {"severity": self.severity, **self.labels}
+        rule["annotations"] = {
+            "summary": self.summary,
+            "description": self.description,
+            "runbook_url": self.runbook_url(),
+            "dashboard_url": self.dashboard_url(),
+        }
+        return rule
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:g}%"
+
+
+def _canary_error_rate_high(p: Profile) -> Alert:
+    canary, stable = f'{r.FAILED_RATIO}{{arm="canary"}}', f'{r.FAILED_RATIO}{{arm="stable"}}'
+    # Stable's ratio is the baseline only when stable has enough traffic to say anything;
+    # otherwise (no stable traffic, weight 100) the baseline is 0 and the absolute
+    # threshold decides alone.
+    baseline = (
+        f'({stable} and on (route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g})\n'
+        f"    or on (route) 0 * {canary}"
+    )
+    expr = (
+        f"{canary} > {p.canary_error_ratio:g}\n"
+        f'and on (route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
+        f"and on (route) (\n  {canary}\n  - on (route) (\n    {baseline}\n  )\n) > {p.canary_error_margin:g}"
+    )
+    return Alert(
+        CANARY_ERROR_RATE_HIGH, expr, p.canary_error_for, "critical",
+        "Canary of route {{ $labels.route }} fails more than stable",
+        "The canary arm of route {{ $labels.route }} failed {{ $value | humanizePercentage }} of its "
+        f"requests over {p.window} (server-side errors; threshold {_pct(p.canary_error_ratio)} and "
+        f"{_pct(p.canary_error_margin)} above stable). The proxy rolls the route back to stable "
+        "when Alertmanager delivers this alert.",
+        uids.ROLLOUT, ("route",), {"action": "rollback"},
+    )
+
+
+def _canary_latency_regression(p: Profile) -> Alert:
+    canary, stable = f'{r.LATENCY_P95}{{arm="canary"}}', f'{r.LATENCY_P95}{{arm="stable"}}'
+    expr = (
+        f"{canary}\n"
+        f"and on (route) ({canary} > on (route) {p.latency_factor:g} * {stable})\n"
+        f"and on (route) ({canary} - on (route) {stable} > {p.latency_margin_seconds:g})\n"
+        f'and on (route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
+        f'and on (route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g}'
+    )
+    return Alert(
+        CANARY_LATENCY_REGRESSION, expr, p.latency_for, "warning",
+        "Canary of route {{ $labels.route }} is slower than stable",
+        "p95 request latency of the canary arm of route {{ $labels.route }} is "
+        f"{{{{ $value | humanizeDuration }}}} over {p.window}, more than {p.latency_factor:g}x "
+        f"stable's and {p.latency_margin_seconds:g}s above it. The proxy rolls the route back "
+        "to stable when Alertmanager delivers this alert.",
+        uids.ROLLOUT, ("route",), {"action": "rollback"},
+    )
+
+
+def _target_down(name: str, job: str, what: str, p: Profile) -> Alert:
+    return Alert(
+        name, f'up{{job="{job}"}} == 0\nor absent(up{{job="{job}"}})', p.down_for, "critical",
+        f"{what} is down or not scraped",
+        f'Prometheus cannot scrape job "{job}"{{{{ with $labels.instance }}}} at {{{{ . }}}}'
+        "{{ end }}, or has no such target at all.",
+        uids.OVERVIEW,
+    )
+
+
+def alert_rules(p: Profile) -> list[dict]:
+    """Every alert of profile ``p``, sorted by name (stable output)."""
+    alerts = [
+        _canary_error_rate_high(p),
+        _canary_latency_regression(p),
+        Alert(
+            OLLAMA_DOWN, f"{em.OLLAMA_UP.name} == 0", p.down_for, "critical",
+            "Ollama does not answer the exporter",
+            "The exporter on {{ $labels.instance }} cannot reach Ollama's API.",
+            uids.OVERVIEW,
+        ),
+        _target_down(PROXY_DOWN, PROXY_JOB, "The ollama-sidecar proxy", p),
+        _target_down(EXPORTER_DOWN, EXPORTER_JOB, "The ollama-sidecar exporter", p),
+        Alert(
+            MODEL_SPILLED, f"{em.OLLAMA_MODEL_VRAM_RATIO.name} < 1", p.spill_for, "warning",
+            "Model {{ $labels.model }} spilled to the CPU",
+            "Only {{ $value | humanizePercentage }} of model {{ $labels.model }} is in GPU memory; "
+            "the rest runs on the CPU, much slower.",
+            uids.GPUS, ("model",),
+        ),
+        Alert(
+            GPU_MEMORY_NEARLY_FULL,
+            f"{em.GPU_MEMORY_USED.name} / {em.GPU_MEMORY_TOTAL.name} > {p.gpu_memory_ratio:g}",
+            p.gpu_memory_for, "warning",
+            "GPU {{ $labels.gpu }} memory nearly full",
+            "GPU {{ $labels.gpu }} on {{ $labels.instance }} uses {{ $value | humanizePercentage }} "
+            "of its memory; the next model to load will spill to the CPU.",
+            uids.GPUS,
+        ),
+        Alert(
+            GPU_HOT, f"{em.GPU_TEMPERATURE.name} > {p.gpu_temperature_celsius:g}", p.gpu_hot_for,
+            "warning",
+            "GPU {{ $labels.gpu }} is hot",
+            "GPU {{ $labels.gpu }} on {{ $labels.instance }} is at {{ $value }} °C "
+            f"(threshold {p.gpu_temperature_celsius:g} °C); it will throttle.",
+            uids.GPUS,
+        ),
+        Alert(
+            PROXY_OVERLOADED,
+            f"sum by (job, instance) ({pm.QUEUE_LENGTH.name}) > {p.queue_length:g}\n"
+            f"or\nsum by (job, instance) (rate({pm.REQUESTS.name}"
+            f'{{error_type="overloaded"}}[{p.window}])) > 0',
+            p.overloaded_for, "warning",
+            "Proxy {{ $labels.instance }} is saturated",
+            f"More than {p.queue_length:g} requests wait for an admission slot, or requests are "
+            "rejected as overloaded (value {{ $value }}).",
+            uids.OVERVIEW,
+        ),
+        Alert(
+            HIGH_ERROR_RATE,
+            f"{r.ROUTE_FAILED_RATIO} > {p.error_ratio:g}\n"
+            f"and on (route) {r.ROUTE_REQUESTS_RATE} >= {p.min_rate:g}",
+            p.error_for, "critical",
+            "Route {{ $labels.route }} fails {{ $value | humanizePercentage }} of requests",
+            "Server-side failures (upstream 5xx, timeouts, connection errors, cut streams) are "
+            f"{{{{ $value | humanizePercentage }}}} of requests on route {{{{ $labels.route }}}} over "
+            f"{p.window}, all arms together (threshold {_pct(p.error_ratio)}).",
+            uids.OVERVIEW, ("route",),
+        ),
+        Alert(
+            SLOW_TTFT,
+            f"{r.TTFT_P95} > {p.ttft_p95_seconds:g}\nand {r.REQUESTS_RATE} >= {p.min_rate:g}",
+            p.ttft_for, "warning",
+            "Slow first token on route {{ $labels.route }} ({{ $labels.arm }})",
+            "p95 time to first token on route {{ $labels.route }}, arm {{ $labels.arm }}, is "
+            f"{{{{ $value | humanizeDuration }}}} over {p.window} (threshold {p.ttft_p95_seconds:g}s).",
+            uids.ROLLOUT, ("route",),
+        ),
+        Alert(
+            ROUTE_ROLLED_BACK, f"max by (route) ({pm.ROUTE_ROLLED_BACK.name}) == 1", "0s",
+            "warning",
+            "Route {{ $labels.route }} was rolled back to stable",
+            "Route {{ $labels.route }} sends all traffic to its stable model (automatic rollback "
+            "or an operator) and stays so until 'ollama-sidecar resume {{ $labels.route }}' "
+            "(or, with auto_resume, until the rollback alert resolves).",
+            uids.ROLLOUT, ("route",),
+        ),
+    ]
+    return [a.rule() for a in sorted(alerts, key=lambda a: a.name)]

@@ -1,0 +1,207 @@
+"""Building blocks shared by every dashboard: the pinned datasource, variables, panels.
+
+Every panel, target, annotation and variable names the datasource by its pinned uid, so a
+provisioned dashboard works on first load and never points at a datasource that Grafana
+renamed. Panels are laid out by :class:`Layout` (rows of panels on the 24-column grid).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from grafanalib import core as g
+from grafanalib._gen import DashboardEncoder
+
+from proxy import metrics as pm
+
+DATASOURCE_UID = "ollama-sidecar-prometheus"
+DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
+
+# Label matchers every proxy query carries so the variables filter it.
+PROXY_FILTER = 'instance=~"$instance", route=~"$route", model=~"$model"'
+RATE = "$__rate_interval"
+
+
+def thresholds(*steps: tuple[str, float | None]) -> list[dict]:
+    """Grafana threshold steps; the first step's value is always null (the base colour)."""
+    return [{"color": c, "value": None if i == 0 else v} for i, (c, v) in enumerate(steps)]
+
+
+GREEN_ONLY = thresholds(("green", None))
+
+
+def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
+           table: bool = False) -> g.Target:
+    return g.Target(
+        expr=expr, legendFormat=legend, refId=ref, datasource=DATASOURCE, instant=instant,
+        intervalFactor=1,
+        format="table" if table else "time_series",
+    )
+
+
+def _targets(queries: list[tuple[str, str]] | tuple[str, str]) -> list[g.Target]:
+    if isinstance(queries, tuple):
+        queries = [queries]
+    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
+
+
+def timeseries(title: str, queries, unit: str, *, description: str = "",
+               steps: list[dict] | None = None, threshold_lines: bool = False,
+               stacked: bool = False, max_: int | None = None) -> g.TimeSeries:
+    return g.TimeSeries(
+        title=title, description=description or None, dataSource=DATASOURCE,
+        targets=_targets(queries), unit=unit, thresholds=steps or GREEN_ONLY,
+        thresholdsStyleMode="line" if threshold_lines else "off",
+        stacking={"mode": "normal", "group": "A"} if stacked else {},
+        fillOpacity=20 if stacked else 0, legendDisplayMode="table",
+        legendCalcs=["lastNotNull", "max"], tooltipMode="multi", valueMin=0,
+        valueMax=max_,
+    )
+
+
+def stat(title: str, queries, unit: str, *, description: str = "",
+         steps: list[dict] | None = None, mappings: list[dict] | None = None,
+         graph: bool = False) -> g.Stat:
+    return g.Stat(
+        title=title, description=description or None, dataSource=DATASOURCE,
+        targets=_targets(queries), format=unit, thresholds=steps or GREEN_ONLY,
+        mappings=mappings or [], graphMode="area" if graph else "none",
+        colorMode="background", reduceCalc="lastNotNull", noValue="no data",
+    )
+
+
+def gauge(title: str, queries, unit: str, steps: list[dict], *, min_: float = 0,
+          max_: float = 1, description: str = "") -> g.GaugePanel:
+    return g.GaugePanel(
+        title=title, description=description or None, dataSource=DATASOURCE,
+        targets=_targets(queries), format=unit, thresholds=steps, min=min_, max=max_,
+        calc="lastNotNull",
+        # grafanalib puts these under fieldConfig; Grafana reads them from options.
+        extraJson={"options": {"showThresholdMarkers": True, "showThresholdLabels": False,
+                               "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}},
+    )
+
+
+def table(title: str, columns: list[tuple[str, str]], unit: str, *, description: str = "",
+          units: dict[str, str] | None = None, sort_by: str | None = None) -> g.Table:
+    """An instant-query table: one row per series, its labels then one column per query.
+
+    ``columns`` is [(expr, column title)]; ``unit`` applies to every value column unless
+    ``units`` names another for a column title.
+    """
+    targets = [target(expr, "", chr(ord("A") + i), instant=True, table=True)
+               for i, (expr, _) in enumerate(columns)]
+    # Grafana names the value column "Value" for one query and "Value #A"… for several.
+    raw = ["Value"] if len(columns) == 1 else [f"Value #{t.refId}" for t in targets]
+    rename = {r: name for r, (_, name) in zip(raw, columns)}
+    transformations: list[dict] = [{"id": "merge", "options": {}}] if len(columns) > 1 else []
+    transformations.append({"id": "organize", "options": {
+        "excludeByName": {"Time": True, "__name__": True, "job": True}, "renameByName": rename}})
+    return g.Table(
+        title=title, description=description or None, dataSource=DATASOURCE, targets=targets,
+        unit=unit, thresholds=GREEN_ONLY, transformations=transformations,
+        overrides=[override_unit(col, u) for col, u in sorted((units or {}).items())],
+        sortBy=[g.TableSortByField(displayName=sort_by, desc=True)] if sort_by else [],
+    )
+
+
+def value_mapping(values: dict[str, tuple[str, str]]) -> list[dict]:
+    """{"0": ("down", "red")} -> a Grafana value-mapping list."""
+    return [{"type": "value", "options": {k: {"text": text, "color": color, "index": i}
+                                           for i, (k, (text, color)) in enumerate(values.items())}}]
+
+
+UP_DOWN = value_mapping({"0": ("DOWN", "red"), "1": ("UP", "green")})
+UP_STEPS = thresholds(("red", None), ("green", 1))
+
+
+def override_unit(field_name: str, unit: str) -> dict:
+    return {"matcher": {"id": "byName", "options": field_name},
+            "properties": [{"id": "unit", "value": unit}]}
+
+
+# --- variables ------------------------------------------------------------------------
+
+def _query_var(name: str, label: str, query: str) -> g.Template:
+    var = g.Template(
+        name=name, label=label, dataSource=DATASOURCE, type="query",
+        query=query, includeAll=True, multi=True, allValue=".*", refresh=2,
+    )
+    # Start on "All" the way Grafana stores it (grafanalib would store the literal text).
+    var._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return var
+
+
+def variables(instance_query: str, route_query: str, model_query: str) -> g.Templating:
+    """datasource, instance, route, model — in that order on every dashboard."""
+    ds = g.Template(name="datasource", label="Datasource", query="prometheus", type="datasource",
+                    default=DATASOURCE_UID, regex=None)
+    return g.Templating(list=[
+        ds,
+        _query_var("instance", "Instance", instance_query),
+        _query_var("route", "Route", route_query),
+        _query_var("model", "Model", model_query),
+    ])
+
+
+PROXY_VARIABLES = dict(
+    instance_query=f"label_values({pm.BUILD_INFO.name}, instance)",
+    route_query=f'label_values({pm.REQUESTS.name}{{instance=~"$instance"}}, route)',
+    model_query=f'label_values({pm.REQUESTS.name}{{instance=~"$instance", route=~"$route"}}, model)',
+)
+
+
+# --- layout ---------------------------------------------------------------------------
+
+@dataclass
+class Layout:
+    """Places panels left to right in rows; each row starts under the tallest panel above."""
+
+    panels: list = field(default_factory=list)
+    _y: int = 0
+
+    def row(self, title: str, *cells: tuple[object, int], height: int = 8) -> None:
+        self.panels.append(g.RowPanel(title=title, gridPos=g.GridPos(h=1, w=24, x=0, y=self._y)))
+        self._y += 1
+        x = 0
+        for panel, width in cells:
+            if x + width > 24:
+                raise ValueError(f"row {title!r} is wider than 24 columns")
+            panel.gridPos = g.GridPos(h=height, w=width, x=x, y=self._y)
+            self.panels.append(panel)
+            x += width
+        self._y += height
+
+
+def dashboard(uid: str, title: str, description: str, layout: Layout, templating: g.Templating,
+              annotations: list[dict] | None = None) -> g.Dashboard:
+    return g.Dashboard(
+        uid=uid, title=title, description=description, tags=["ollama-sidecar"],
+        panels=layout.panels, templating=templating, timezone="browser", refresh="30s",
+        time=g.Time("now-1h", "now"), graphTooltip=1,
+        annotations=g.Annotations(list=annotations or []),
+    ).auto_panel_ids()
+
+
+def to_json(dash: g.Dashboard) -> str:
+    """Stable JSON: sorted keys, fixed indentation, trailing newline."""
+    return json.dumps(dash.to_json_data(), sort_keys=True, indent=2, cls=DashboardEncoder,
+                      ensure_ascii=False) + "\n"
+
+
+# --- PromQL snippets -------------------------------------------------------------------
+
+def rate(metric: str, matchers: str = PROXY_FILTER, by: str = "") -> str:
+    """``sum [by (…)] (rate(metric{matchers}[$__rate_interval]))``."""
+    agg = f"sum by ({by})" if by else "sum"
+    return f"{agg} (rate({metric}{{{matchers}}}[{RATE}]))"
+
+
+def quantile(q: float, histogram: str, by: str = "", matchers: str = PROXY_FILTER) -> str:
+    keep = f"{by}, le" if by else "le"
+    return (f"histogram_quantile({q:g}, sum by ({keep}) "
+            f"(rate({histogram}_bucket{{{matchers}}}[{RATE}])))")
+
+
+SERVER_SIDE = 'error_type=~"' + "|".join(sorted(pm.SERVER_SIDE_ERRORS)) + '"'

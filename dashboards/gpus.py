@@ -1,0 +1,92 @@
+"""Ollama and GPUs: which models are loaded, where their weights live, how the GPUs fare."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from dashboards import common as c
+from dashboards import uids
+from exporter import metrics as em
+from proxy import metrics as pm
+
+INST = 'instance=~"$instance"'
+MODEL = f'{INST}, model=~"$model"'
+GPU_LEGEND = "GPU {{gpu}} ({{instance}})"
+LOAD_FILTER = 'route=~"$route", model=~"$model"'
+
+
+def build() -> g.Dashboard:
+    lay = c.Layout()
+    lay.row(
+        "Ollama",
+        (c.stat("Ollama up", (f"{em.OLLAMA_UP.name}{{{INST}}}", "{{instance}}"), "none",
+                steps=c.UP_STEPS, mappings=c.UP_DOWN), 6),
+        (c.stat("Models loaded", (f"sum({em.OLLAMA_MODELS_LOADED.name}{{{INST}}})", "loaded"), "short"), 6),
+        (c.stat("Models installed", (f"sum({em.OLLAMA_MODELS_INSTALLED.name}{{{INST}}})", "installed"),
+                "short"), 6),
+        (c.stat("NVML up", (f"{em.NVML_UP.name}{{{INST}}}", "{{instance}}"), "none", steps=c.UP_STEPS,
+                mappings=c.UP_DOWN, description="0 on a CPU-only host, or when the driver is missing."), 6),
+        height=4,
+    )
+    lay.row(
+        "Loaded models",
+        (c.table("Loaded models", [
+            (f"{em.OLLAMA_MODEL_LOADED_SIZE.name}{{{MODEL}}}", "In memory"),
+            (f"{em.OLLAMA_MODEL_VRAM.name}{{{MODEL}}}", "In VRAM"),
+            (f"{em.OLLAMA_MODEL_VRAM_RATIO.name}{{{MODEL}}}", "VRAM ratio"),
+            (f"{em.OLLAMA_MODEL_EXPIRES_IN.name}{{{MODEL}}}", "Unloads in"),
+        ], "bytes", units={"VRAM ratio": "percentunit", "Unloads in": "s"}, sort_by="In memory",
+            description="A VRAM ratio below 100 % means part of the model runs on the CPU."), 24),
+    )
+    lay.row(
+        "VRAM and expiry",
+        (c.timeseries("VRAM per model", (f"{em.OLLAMA_MODEL_VRAM.name}{{{MODEL}}}", "{{model}}"),
+                      "bytes"), 8),
+        (c.timeseries("VRAM ratio (below 100 % = spilled to CPU)",
+                      (f"{em.OLLAMA_MODEL_VRAM_RATIO.name}{{{MODEL}}}", "{{model}}"), "percentunit",
+                      steps=c.thresholds(("red", None), ("green", 1)), threshold_lines=True, max_=1), 8),
+        (c.timeseries("Time until unload", (f"{em.OLLAMA_MODEL_EXPIRES_IN.name}{{{MODEL}}}", "{{model}}"),
+                      "s"), 8),
+    )
+    load = pm.UPSTREAM_LOAD_DURATION.name
+    lay.row(
+        "Cold loads",
+        (c.timeseries("Upstream load duration p95 by model",
+                      (c.quantile(0.95, load, "model", LOAD_FILTER), "{{model}}"), "s",
+                      description="Ollama's load_duration as the proxy saw it: long = the model was loaded cold."), 12),
+        (c.timeseries("Cold loads/s (load over 1 s)",
+                      (f'sum by (model) (rate({load}_bucket{{{LOAD_FILTER}, le="+Inf"}}[{c.RATE}]))\n'
+                       f'- sum by (model) (rate({load}_bucket{{{LOAD_FILTER}, le="1.0"}}[{c.RATE}]))', "{{model}}"),
+                      "ops"), 12),
+    )
+    used, total = em.GPU_MEMORY_USED.name, em.GPU_MEMORY_TOTAL.name
+    lay.row(
+        "GPUs",
+        (c.gauge("GPU memory used", (f"{used}{{{INST}}} / {total}{{{INST}}}", GPU_LEGEND), "percentunit",
+                 c.thresholds(("green", None), ("orange", 0.9), ("red", 0.95))), 6),
+        (c.timeseries("GPU memory used / total", [
+            (f"{used}{{{INST}}}", "used " + GPU_LEGEND), (f"{total}{{{INST}}}", "total " + GPU_LEGEND),
+        ], "bytes"), 6),
+        (c.timeseries("GPU utilisation", (f"{em.GPU_UTILIZATION.name}{{{INST}}}", GPU_LEGEND),
+                      "percentunit", max_=1), 6),
+        (c.timeseries("GPU power", [
+            (f"{em.GPU_POWER.name}{{{INST}}}", "draw " + GPU_LEGEND),
+            (f"{em.GPU_POWER_LIMIT.name}{{{INST}}}", "limit " + GPU_LEGEND),
+        ], "watt"), 6),
+    )
+    lay.row(
+        "GPU health",
+        (c.timeseries("GPU temperature", (f"{em.GPU_TEMPERATURE.name}{{{INST}}}", GPU_LEGEND), "celsius",
+                      steps=c.thresholds(("green", None), ("orange", 80), ("red", 85)), threshold_lines=True), 12),
+        (c.timeseries("VRAM per process", (f"{em.GPU_PROCESS_MEMORY.name}{{{INST}}}",
+                                           "{{process}} ({{pid}}) on GPU {{gpu}}"), "bytes"), 12),
+    )
+    return c.dashboard(
+        uids.GPUS, "Ollama sidecar / Ollama and GPUs",
+        "Loaded models, VRAM and spill to CPU, cold loads, and every GPU's memory, load, power and heat.",
+        lay, c.variables(
+            instance_query=f"label_values({em.EXPORTER_BUILD_INFO.name}, instance)",
+            route_query=f"label_values({pm.REQUESTS.name}, route)",
+            model_query=f"label_values({em.OLLAMA_MODEL_INFO.name}{{{INST}}}, model)",
+        ),
+    )
