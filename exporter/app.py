@@ -6,6 +6,7 @@ command runs and scrape it in-process or over HTTP.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
@@ -22,18 +23,23 @@ class Exporter:
     """One exporter: its own registry (nothing global), closed with :meth:`close`."""
 
     def __init__(self, ollama_url: str, *, timeout: float = 3.0, cache: float = 1.0,
-                 nvml: bool = True, nvml_retry: float = 30.0) -> None:
+                 nvml: bool = True, nvml_retry: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``clock`` (cache ages, NVML retries) and ``wall_clock`` (``expires_at``) are
+        injectable so tests move time instead of sleeping."""
         self.ollama_url = ollama_url
         self.fetcher = OllamaFetcher(ollama_url, timeout)
-        self.nvml_reader = NvmlReader(retry_interval=nvml_retry) if nvml else None
+        self.nvml_reader = NvmlReader(retry_interval=nvml_retry, clock=clock) if nvml else None
         # None: switched off; else whether GPUs were visible at startup (for the log line).
         self.nvml_started = self.nvml_reader.start() if self.nvml_reader is not None else None
-        ollama_cache = SingleFlightCache(self.fetcher.fetch, cache)
-        nvml_cache = SingleFlightCache(self.nvml_reader.read, cache) if self.nvml_reader else None
+        ollama_cache = SingleFlightCache(self.fetcher.fetch, cache, clock)
+        nvml_cache = SingleFlightCache(self.nvml_reader.read, cache, clock) if self.nvml_reader else None
         self.collector = ExporterCollector(
             ollama=ollama_cache.get,
             ollama_errors=self.fetcher.errors,
             nvml=nvml_cache.get if nvml_cache else None,
+            wall_clock=wall_clock,
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
