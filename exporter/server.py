@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from socketserver import ThreadingMixIn
 from types import FrameType
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -89,16 +90,20 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # wsgiref writes the headers and the body separately; with Nagle on, the body waits
+    # for the client's delayed ACK of the headers (about 40 ms on Linux) on every scrape.
+    disable_nagle_algorithm = True
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # one line per scrape would drown the lines that matter
 
 
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop
+def make_http_server(exporter: Exporter, host: str, port: int) -> WSGIServer:
+    """The threaded HTTP server the command runs (also used by the benchmark)."""
+    server_class = _ThreadingServer
+    if ":" in host:
+        server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
+    return make_server(host, port, exporter.wsgi_app, server_class=server_class, handler_class=_QuietHandler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,12 +117,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     exporter = Exporter(ollama_url, timeout=args.timeout, cache=args.cache,
                         nvml=args.nvml, nvml_retry=args.nvml_retry)
-    server_class = _ThreadingServer
-    if ":" in host:
-        server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
     try:
-        server = make_server(host, port, exporter.wsgi_app, server_class=server_class,
-                             handler_class=_QuietHandler)
+        server = make_http_server(exporter, host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         exporter.close()
@@ -127,11 +128,17 @@ def run(args: argparse.Namespace) -> int:
     nvml = {None: "off", True: "up", False: "down"}[exporter.nvml_started]
     log.info("ollama-sidecar exporter %s serving http://%s:%d/metrics (Ollama %s, timeout %gs, cache %gs, NVML %s)",
              __version__, shown_host, bound_port, ollama_url, args.timeout, args.cache, nvml)
-    signal.signal(signal.SIGTERM, _raise_stop)
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever() to return, so it cannot run on this (the
+        # serving) thread; raising instead would be swallowed by socketserver's
+        # per-request error handler when the signal lands mid-request.
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever(poll_interval=0.5)
-    except _Stop:
-        log.info("stopping")
     finally:
         server.server_close()
         exporter.close()

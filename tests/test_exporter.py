@@ -245,13 +245,28 @@ def test_garbage_replies_mean_down(ollama, make_exporter, body):
     assert series(text, "ollama_model_info") == [] and series(text, "ollama_model_size_bytes") == []
 
 
-def test_hang_longer_than_timeout_gives_up_on_time(ollama, make_exporter):
+@pytest.mark.parametrize("style", ["silent", "trickle"])
+def test_hang_longer_than_timeout_gives_up_on_time(ollama, make_exporter, style):
+    # Ollama hangs for up to 3 s and THEN answers properly: an exporter that waited past
+    # its 0.3 s timeout would report ollama_up 1. "trickle" sends a byte every 50 ms, so
+    # a socket read timeout alone would never fire: only the scrape's deadline ends it.
+    def late_ps():
+        yield '{"models": ['
+        for _ in range(60):
+            if ollama.release.wait(0.05):
+                break
+            if style == "trickle":
+                yield " "
+        yield "]}"
+
     def hang(request: Request) -> Response:
-        ollama.release.wait(60)  # released at teardown
-        return Response("{}", content_type="application/json")
+        if style == "silent":
+            body = "".join(late_ps())
+            return Response(body, content_type="application/json")
+        return Response(late_ps(), content_type="application/json")
 
     serve(ollama, ps=hang)
-    text = make_exporter(timeout=0.3).scrape()  # returns although /api/ps never answers
+    text = make_exporter(timeout=0.3).scrape()
     assert value(text, "ollama_up") == 0
     assert value(text, "ollama_scrape_errors_total", endpoint="ps") == 1
     assert value(text, "ollama_scrape_errors_total", endpoint="version") == 0
