@@ -94,7 +94,9 @@ FAST = Profile(
     latency_factor=1.5,
     latency_margin_seconds=0.2,
     latency_for="3s",
-    down_for="3s",
+    # Prometheus starts scraping up to 5 s after it starts (target updates are batched
+    # every 5 s), so absent(up{…}) holds that long on a fresh start: stay above it.
+    down_for="10s",
     spill_for="3s",
     gpu_memory_ratio=0.95,
     gpu_memory_for="3s",

@@ -23,7 +23,6 @@ from typing import Any
 from proxy.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
 from proxy.traffic import TrafficDriver
 
-CANARY_RATIO_RULE = "route_arm:ollama_proxy_requests_failed:ratio_rate"
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -57,7 +56,8 @@ def _urls(stack: LocalStack) -> list[str]:
              f"  route status    OLLAMA_SIDECAR_URL={stack.url('proxy')} OLLAMA_SIDECAR_ADMIN_TOKEN_FILE="
              f"{stack.token_file} ollama-sidecar status"]
     if stack.monitoring:
-        expr = urllib.parse.quote(f'{CANARY_RATIO_RULE}{{route="{ROUTE}"}}')
+        from alerts.recording import FAILED_RATIO
+        expr = urllib.parse.quote(f'{FAILED_RATIO}{{route="{ROUTE}"}}')
         lines += [f"  canary vs stable failure ratio (Prometheus)  "
                   f"{stack.url('prometheus')}/graph?g0.expr={expr}&g0.tab=0&g0.range_input=5m",
                   f"  alerts (Prometheus)  {stack.url('prometheus')}/alerts",
