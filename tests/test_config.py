@@ -65,3 +65,11 @@ def test_cli_stops_on_config_error_naming_the_key(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "routes.chat.canary_weight" in r.stderr
+
+
+def test_the_shipped_compose_proxy_config_is_valid(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    cfg = load_config("compose/proxy.yaml", environ={"OLLAMA_SIDECAR_ADMIN_TOKEN_FILE": str(token)})
+    assert cfg.listen == "0.0.0.0:11435" and cfg.upstream == "http://ollama:11434"
+    assert cfg.routes["chat"].canary and cfg.alertmanager_url == "http://alertmanager:9093"
