@@ -35,6 +35,12 @@ from exporter.server import make_http_server  # noqa: E402
 from tests.fake_nvml import GiB, FakeGpu, FakeNvml, FakeProcess  # noqa: E402
 
 TARGET_P99 = 0.020
+# What Prometheus 2.x sends: OpenMetrics preferred, gzip accepted.
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
+              "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "Accept-Encoding": "gzip",
+}
 CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -111,6 +117,7 @@ def start_process(target, *args) -> tuple[multiprocessing.Process, int]:
 
 def measure(url: str, scrapes: int) -> list[float]:
     session = requests.Session()
+    session.headers.update(PROMETHEUS_HEADERS)
     for _ in range(20):  # warm up connections and caches
         session.get(url, timeout=10).raise_for_status()
     times = []
@@ -152,6 +159,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/metrics"
         text = requests.get(url, timeout=10).text
         assert "nvml_up 1.0" in text and "ollama_up 1.0" in text, "fakes not wired"
+        reply = requests.get(url, timeout=10, headers=PROMETHEUS_HEADERS)
+        assert reply.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert reply.headers["Content-Encoding"] == "gzip"
         results[label] = measure(url, args.scrapes)
         print(summary(label, results[label], reference))
         exporter.terminate()
