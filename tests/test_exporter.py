@@ -8,6 +8,7 @@ import gzip
 import logging
 import subprocess
 import threading
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -23,6 +24,7 @@ from exporter.app import Exporter
 from exporter.cache import SingleFlightCache
 from exporter.exposition import render_openmetrics, render_text
 from exporter.ollama_api import parse_rfc3339
+from exporter.ollama_fetch import without_credentials
 from tests.binaries import require_binary
 from tests.fake_nvml import GiB, FakeNvml, two_gpus
 
@@ -581,3 +583,20 @@ def test_metrics_negotiation_gzip_and_filters(ollama, make_exporter):
     assert {name for name, _ in samples(only_up)} == {"ollama_up"}
     assert call_app(exporter, "/healthz")["body"] == b"ok\n"
     assert call_app(exporter, "/other")["status"].startswith("404")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://user:secret@ollama.internal:443/base", "https://ollama.internal:443/base"),
+    ("http://127.0.0.1:11434", "http://127.0.0.1:11434"),
+])
+def test_logged_ollama_url_never_carries_a_password(url, shown):
+    assert without_credentials(url) == shown
+
+
+def test_every_exporter_metric_is_documented_with_its_type():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    section = text.split("## Exporter", 1)[1]
+    for spec in em.ALL:
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{spec.name}` |")), None)
+        assert row is not None, f"{spec.name} missing from docs/metrics.md ## Exporter"
+        assert row.split("|")[2].strip() == spec.type, spec.name
