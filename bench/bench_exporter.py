@@ -35,6 +35,12 @@ from exporter.server import make_http_server  # noqa: E402
 from tests.fake_nvml import GiB, FakeGpu, FakeNvml, FakeProcess  # noqa: E402
 
 TARGET_P99 = 0.020
+# What Prometheus 2.x sends: OpenMetrics preferred, gzip accepted.
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
+              "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "Accept-Encoding": "gzip",
+}
 CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -111,6 +117,7 @@ def start_process(target, *args) -> tuple[multiprocessing.Process, int]:
 
 def measure(url: str, scrapes: int) -> list[float]:
     session = requests.Session()
+    session.headers.update(PROMETHEUS_HEADERS)
     for _ in range(20):  # warm up connections and caches
         session.get(url, timeout=10).raise_for_status()
     times = []
@@ -143,7 +150,7 @@ def main() -> int:
     ollama_url = f"http://127.0.0.1:{ollama_port}"
     reference = statistics.median(measure(ollama_url + "/api/ps", args.scrapes))
     print(f"fake Ollama: {args.models} models loaded; fake NVML: 8 GPUs x 3 processes; "
-          f"{args.scrapes} scrapes per run; {os.cpu_count()} CPUs")
+          f"{args.scrapes} scrapes per run; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'reference: one GET /api/ps':<28} p50 {reference * 1000:6.2f} ms")
 
     results = {}
@@ -152,6 +159,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/metrics"
         text = requests.get(url, timeout=10).text
         assert "nvml_up 1.0" in text and "ollama_up 1.0" in text, "fakes not wired"
+        reply = requests.get(url, timeout=10, headers=PROMETHEUS_HEADERS)
+        assert reply.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert reply.headers["Content-Encoding"] == "gzip"
         results[label] = measure(url, args.scrapes)
         print(summary(label, results[label], reference))
         exporter.terminate()
@@ -161,7 +171,8 @@ def main() -> int:
 
     p99 = percentile(results["scrape, no cache"], 0.99)
     verdict = "meets" if p99 <= TARGET_P99 else "MISSES"
-    print(f"uncached p99 {p99 * 1000:.2f} ms {verdict} the {TARGET_P99 * 1000:.0f} ms target")
+    print(f"uncached p99 {p99 * 1000:.2f} ms {verdict} the {TARGET_P99 * 1000:.0f} ms target "
+          f"(load average now {os.getloadavg()[0]:.1f})")
     return 1 if args.check and p99 > TARGET_P99 else 0
 
 

@@ -78,7 +78,9 @@ class ExporterCollector(Collector):
         self._side = ThreadPoolExecutor(4, thread_name_prefix="scrape")
 
     def describe(self) -> Iterable[Metric]:
-        return ()  # unchecked registration: the families depend on what each scrape finds
+        """Every family this collector can yield (empty): the registry maps names to
+        collectors from it, which ``/metrics?name[]=…`` filters rely on."""
+        return [_family(spec) for spec in em.ALL]
 
     def collect(self) -> Iterator[Metric]:
         families = Families()

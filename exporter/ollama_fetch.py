@@ -54,6 +54,7 @@ class OllamaFetcher:
 
     def __init__(self, base_url: str, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
+        self.display_url = without_credentials(self.base_url)  # for logs: never a password
         self.timeout = timeout
         # urllib3 rather than requests: a third of the cost per call, and the scrape budget
         # is milliseconds. Keep-alive connections, no retries (the next scrape retries).
@@ -118,9 +119,16 @@ class OllamaFetcher:
         if not snapshot.up and was_up is not False:
             reasons = "; ".join(f"{name}: {why}" for name, why in snapshot.failures.items())
             log.warning("Ollama at %s is not answering properly (%s); ollama_up is 0 until it does",
-                        self.base_url, reasons)
+                        self.display_url, reasons)
         elif snapshot.up and was_up is False:
-            log.info("Ollama at %s answers again; ollama_up is 1", self.base_url)
+            log.info("Ollama at %s answers again; ollama_up is 1", self.display_url)
+
+
+def without_credentials(url: str) -> str:
+    """``https://user:secret@host:1/x`` -> ``https://host:1/x``."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -64,7 +64,7 @@ def _non_negative(value: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
-        "--listen", type=_listen, default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN),
+        "--listen", type=_listen, default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN), metavar="HOST:PORT",
         help=f"HOST:PORT to serve /metrics on (env {LISTEN_ENV}; default {DEFAULT_LISTEN}; port 0 picks one)")
     parser.add_argument(
         "--ollama", metavar="URL", default=None,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     shown_host = f"[{host}]" if ":" in host else host
     nvml = {None: "off", True: "up", False: "down"}[exporter.nvml_started]
     log.info("ollama-sidecar exporter %s serving http://%s:%d/metrics (Ollama %s, timeout %gs, cache %gs, NVML %s)",
-             __version__, shown_host, bound_port, ollama_url, args.timeout, args.cache, nvml)
+             __version__, shown_host, bound_port, exporter.fetcher.display_url, args.timeout, args.cache, nvml)
     def stop(signum: int, frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever() to return, so it cannot run on this (the
         # serving) thread; raising instead would be swallowed by socketserver's

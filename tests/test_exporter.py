@@ -4,13 +4,17 @@ Ollama (pytest-httpserver, faithful to REFERENCE.md section 1) and a fake NVML (
 
 from __future__ import annotations
 
+import gzip
 import logging
 import subprocess
 import threading
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
 import requests
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -18,7 +22,9 @@ from werkzeug import Request, Response
 from exporter import metrics as em
 from exporter.app import Exporter
 from exporter.cache import SingleFlightCache
+from exporter.exposition import render_openmetrics, render_text
 from exporter.ollama_api import parse_rfc3339
+from exporter.ollama_fetch import without_credentials
 from tests.binaries import require_binary
 from tests.fake_nvml import GiB, FakeNvml, two_gpus
 
@@ -515,3 +521,82 @@ def test_exposition_passes_promtool(ollama, make_exporter, fake_nvml):
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+class Frozen:
+    """One scrape's families, collected once, so two renderers see identical values."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.families = list(exporter.registry.collect())
+
+    def collect(self):
+        return self.families
+
+
+def test_fast_renderers_match_prometheus_client_byte_for_byte(ollama, make_exporter, monkeypatch):
+    # Values that need escaping: quotes, backslashes, newlines, non-ASCII.
+    gpus = two_gpus()
+    gpus[0].processes[1].path = '/opt/bin/we"ird\\na\nme-ü'
+    FakeNvml(gpus).install(monkeypatch)
+    odd = {**PS["models"][0], "name": 'odd"mo\\del\n:ü'}
+    serve(ollama, ps={"models": [*PS["models"], odd]})
+    frozen = Frozen(make_exporter(nvml=True))
+    labels = [s.labels for f in frozen.families for s in f.samples]
+    assert any("\n" in lb.get("model", "") for lb in labels)
+    assert any('"' in lb.get("process", "") for lb in labels)
+    assert render_text(frozen.families) == generate_latest(frozen)
+    assert render_openmetrics(frozen.families) == openmetrics_latest(frozen)
+
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
+                     "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+
+
+def call_app(exporter: Exporter, path: str = "/metrics", query: str = "", **headers: str):
+    reply: dict = {}
+
+    def start_response(status, response_headers):
+        reply["status"], reply["headers"] = status, dict(response_headers)
+
+    environ = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": "GET",
+               **{f"HTTP_{k.upper()}": v for k, v in headers.items()}}
+    reply["body"] = b"".join(exporter.wsgi_app(environ, start_response))
+    return reply
+
+
+def test_metrics_negotiation_gzip_and_filters(ollama, make_exporter):
+    serve(ollama)
+    exporter = make_exporter()
+    reply = call_app(exporter, accept=PROMETHEUS_ACCEPT, accept_encoding="gzip")
+    assert reply["status"] == "200 OK"
+    assert reply["headers"]["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert reply["headers"]["Content-Encoding"] == "gzip"
+    assert int(reply["headers"]["Content-Length"]) == len(reply["body"])
+    text = gzip.decompress(reply["body"]).decode()
+    assert text.endswith("# EOF\n") and "# UNIT ollama_model_vram_bytes bytes" in text
+
+    plain = call_app(exporter)
+    assert plain["headers"]["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert value(plain["body"].decode(), "ollama_model_vram_ratio", model="qwen2.5:72b") == 0.5
+
+    only_up = call_app(exporter, query="name[]=ollama_up").get("body").decode()
+    assert {name for name, _ in samples(only_up)} == {"ollama_up"}
+    assert call_app(exporter, "/healthz")["body"] == b"ok\n"
+    assert call_app(exporter, "/other")["status"].startswith("404")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://user:secret@ollama.internal:443/base", "https://ollama.internal:443/base"),
+    ("http://127.0.0.1:11434", "http://127.0.0.1:11434"),
+])
+def test_logged_ollama_url_never_carries_a_password(url, shown):
+    assert without_credentials(url) == shown
+
+
+def test_every_exporter_metric_is_documented_with_its_type():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    section = text.split("## Exporter", 1)[1]
+    for spec in em.ALL:
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{spec.name}` |")), None)
+        assert row is not None, f"{spec.name} missing from docs/metrics.md ## Exporter"
+        assert row.split("|")[2].strip() == spec.type, spec.name
