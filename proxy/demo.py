@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _say("  starting: simulator, proxy, exporter" + (", Alertmanager, Prometheus" if monitoring else "") + " …")
         stack.start()
+        _say("  " + ", ".join(f"{name} {stack.url(name)}" for name in stack.processes))
         _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
         traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
         outcome = _timeline(stack, traffic, args)
