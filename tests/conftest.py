@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import METRICS, build_app
 from proxy.config import ProxyConfig, parse_config
+from proxy.server import new_event_loop
 
 
 def free_port() -> int:
@@ -56,7 +57,7 @@ def running_proxy(settings: dict[str, Any], environ: dict[str, str] | None = Non
     """Start the proxy (real server, real sockets) in a thread; stop it afterwards."""
     config = config or parse_config(settings, environ=environ or {})
     app = build_app(config)
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop("auto")  # the loop `ollama-sidecar proxy` runs on
     port = free_port()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     started = threading.Event()
