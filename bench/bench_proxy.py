@@ -243,8 +243,8 @@ def _cores() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds, small loads")
-    parser.add_argument("--proxy-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="run the proxy on uvloop (needs uvloop installed; the proxy does not opt in)")
+    parser.add_argument("--proxy-loop", choices=("asyncio", "uvloop"), default="uvloop",
+                        help="the proxy's event loop (its --loop; default uvloop, what it runs on when installed)")
     parser.add_argument("--no-nginx", dest="nginx", action="store_false", help="leave nginx out")
     parser.add_argument("--nginx-workers", type=int, default=1,
                         help="nginx worker processes (default 1, like the single-process proxy)")

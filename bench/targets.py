@@ -85,12 +85,8 @@ def start_proxy(stack: ExitStack, tmp: Path, upstream: str, loop: str) -> tuple[
     port = free_port()
     config = tmp / "proxy.yml"
     config.write_text("access_log: false\n")
-    args = ["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--config", str(config),
-            "--log-level", "WARNING"]
-    if loop == "uvloop":
-        argv = [sys.executable, str(HERE / "proxy_uvloop.py"), *args]
-    else:
-        argv = [str(Path(sys.executable).parent / "ollama-sidecar"), *args]
+    argv = [str(Path(sys.executable).parent / "ollama-sidecar"), "proxy", "--upstream", upstream,
+            "--listen", f"127.0.0.1:{port}", "--config", str(config), "--log-level", "WARNING", "--loop", loop]
     proc = _spawn(stack, argv, tmp / f"proxy-{loop}.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", "proxy", proc)
