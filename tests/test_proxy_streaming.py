@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from proxy.sessions import session_hash
 from tests.ollama_fake import (FINAL_TIMINGS, chat_chunks, generate_chunks, ndjson, openai_chat_handler,
                                pieces, slow, sse_chat, stream_response)
 
@@ -287,3 +288,19 @@ def test_overlong_line_is_forwarded_but_not_parsed(httpserver, proxy_for):
         assert r.content == body
         assert p.value("ollama_proxy_unparsed_lines_total", reason="too_long") == 1
         assert p.value("ollama_proxy_requests_total", error_type="none") == 1
+
+
+def test_access_log_has_one_json_line_per_request_and_no_prompt_or_session_id(httpserver, proxy_for, caplog):
+    secret_prompt = "my password is hunter2"
+    httpserver.expect_request("/api/chat").respond_with_handler(
+        lambda r: stream_response([ndjson(chat_chunks(MODEL, ["a", "b"]))]))
+    with caplog.at_level("INFO", logger="ollama_sidecar.access"), proxy_for(access_log=True) as p:
+        requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": secret_prompt}]},
+                      headers={"X-Session-ID": "alice@example.com"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "ollama_sidecar.access"]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["endpoint"] == "/api/chat" and entry["status"] == 200 and entry["error_type"] == "none"
+    assert entry["completion_tokens"] == 15 and entry["ttft"] is not None
+    assert entry["session"] == session_hash("alice@example.com")
+    assert secret_prompt not in lines[0] and "alice" not in lines[0] and "hunter2" not in caplog.text
