@@ -11,6 +11,7 @@ stable arm never sees an error. Every process is stopped on Ctrl-C or when done.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -51,10 +52,12 @@ def _arm_stats(outcomes: list[Any], arm: str, span: float) -> str:
 
 
 def _urls(stack: LocalStack) -> list[str]:
+    cli = Path(sys.executable).parent / "ollama-sidecar"
+    command = os.path.relpath(cli) if cli.exists() else "ollama-sidecar"
     lines = [f"  proxy metrics   {stack.url('proxy')}/metrics",
              f"  exporter        {stack.url('exporter')}/metrics",
              f"  route status    OLLAMA_SIDECAR_URL={stack.url('proxy')} OLLAMA_SIDECAR_ADMIN_TOKEN_FILE="
-             f"{stack.token_file} ollama-sidecar status"]
+             f"{stack.token_file} {command} status"]
     if stack.monitoring:
         from alerts.recording import FAILED_RATIO
         expr = urllib.parse.quote(f'{FAILED_RATIO}{{route="{ROUTE}"}}')
