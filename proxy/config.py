@@ -8,6 +8,7 @@ Precedence: command-line flag > environment > config file > default.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ class ProxyConfig:
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
     session_label_cap: int = 200
     session_label_ttl: float = 900.0
+    model_label_cap: int = 100
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_bytes: int = 32 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
@@ -102,8 +104,8 @@ def _mapping(value: Any, key: str) -> Mapping[str, Any]:
 
 def _number(value: Any, key: str, *, minimum: float | None = None, maximum: float | None = None,
             integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
     if integer and int(value) != value:
         raise ConfigError(key, f"must be a whole number, got {value!r}")
     if minimum is not None and value < minimum:
@@ -209,7 +211,7 @@ def _read_secret_file(path: str, key: str) -> str:
 
 TOP_LEVEL_KEYS = {
     "listen", "upstream", "models", "routes", "state_file", "session_sources", "session_label_cap",
-    "session_label_ttl", "timeouts", "max_body_bytes", "max_line_bytes", "admission", "admin",
+    "session_label_ttl", "model_label_cap", "timeouts", "max_body_bytes", "max_line_bytes", "admission", "admin",
     "auth", "alertmanager_url", "reconcile_interval", "reload_interval", "access_log",
 }
 
@@ -285,6 +287,8 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
         session_label_cap=int(_number(data.get("session_label_cap", d.session_label_cap), "session_label_cap",
                                       minimum=0, integer=True)),
         session_label_ttl=_number(data.get("session_label_ttl", d.session_label_ttl), "session_label_ttl", minimum=1),
+        model_label_cap=int(_number(data.get("model_label_cap", d.model_label_cap), "model_label_cap",
+                                    minimum=0, integer=True)),
         timeouts=timeouts,
         max_body_bytes=int(_number(data.get("max_body_bytes", d.max_body_bytes), "max_body_bytes",
                                    minimum=1, integer=True)),
@@ -311,6 +315,8 @@ def load_config(path: str | None, *, environ: Mapping[str, str] | None = None,
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("(config file)", f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -19,12 +19,12 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from proxy.admission import AdmissionControl
 from proxy.config import ProxyConfig
@@ -34,30 +34,21 @@ from proxy.framing import ForwardingFramer, LineFramer
 from proxy.instrument import Recorder
 from proxy.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats,
                            SSEStreamObserver, endpoint_label, read_reply_body)
+from proxy.passthrough import Passthrough
 from proxy.routing import DIRECT_ROUTE, Decision, RouteTable
 from proxy.sessions import extract_session, session_hash
+from proxy.upstream import Upstream, forward_headers
 
 access_log = logging.getLogger("ollama_sidecar.access")
 log = logging.getLogger("ollama_sidecar.proxy")
 
-# RFC 9110 hop-by-hop headers, plus those aiohttp computes itself.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
-})
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
-SMALL_BODY = 1 << 20  # replies up to this size with a Content-Length are relayed in one write
+MAX_MODEL_NAME = 512
 
 
-def forward_headers(headers: Any, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    connection = headers.get("Connection", "")
-    listed = {h.strip().lower() for h in connection.split(",")} if connection else set()
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lname = name.lower()
-        if lname not in HOP_BY_HOP and lname not in listed and lname not in drop:
-            out.add(name, value)
-    return out
+def header_value(text: str) -> str:
+    """A client-supplied name made safe for a response header (no CR/LF, ASCII only)."""
+    return text if text.isascii() and text.isprintable() else urllib.parse.quote(text, safe=":/@._-+ ")
 
 
 class Forwarder:
@@ -65,31 +56,33 @@ class Forwarder:
 
     def __init__(self, config: ProxyConfig, recorder: Recorder, routes: RouteTable,
                  admission: AdmissionControl, on_result: Any = None) -> None:
-        self.config = config
         self.recorder = recorder
         self.routes = routes
         self.admission = admission
-        self.session: aiohttp.ClientSession | None = None
-        # Called with (decision, error_type) after each instrumented request (the breaker).
+        self.upstream = Upstream(config.timeouts)
+        self.passthrough = Passthrough(self.upstream, recorder, routes)
+        # Called with (decision, error_type) after each routed request (the breaker).
         self.on_result = on_result
-        self._api_keys = [k.encode() for k in config.api_keys]
+        self.update_config(config)
 
     def update_config(self, config: ProxyConfig) -> None:
-        """Adopt a reloaded config for requests that arrive from now on."""
+        """Adopt a (reloaded) config for requests that arrive from now on."""
         self.config = config
+        self.upstream.timeouts = config.timeouts
         self._api_keys = [k.encode() for k in config.api_keys]
+        # The data-plane key is the gateway's credential: Ollama (maybe a shared or remote
+        # host) never sees it.
+        self._drop = frozenset({"authorization"}) if config.api_keys else frozenset()
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self.upstream.session
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-        )
+        await self.upstream.start()
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.upstream.close()
 
     # --- entry -------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -103,7 +96,7 @@ class Forwarder:
             return error_response(path, err)
         endpoint = ENDPOINTS.get(path) if request.method == "POST" else None
         if endpoint is None:
-            return await self._passthrough(request, start)
+            return await self.passthrough.handle(request, self.config.upstream, start, self._drop)
         return await self._instrumented(request, endpoint, start)
 
     def _authorize(self, request: web.Request) -> None:
@@ -141,12 +134,15 @@ class Forwarder:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ProxyError(400, "bad_request", "model is required")
+        if len(model) > MAX_MODEL_NAME or not model.isprintable():
+            raise ProxyError(400, "bad_request", "model name is too long or contains control characters")
         return raw, body
 
     async def _instrumented(self, request: web.Request, endpoint: Endpoint, start: float) -> web.StreamResponse:
         path = endpoint.name
         session_label = "none"
         decision = Decision(DIRECT_ROUTE, "direct", "none", self.config.upstream)
+        model_label, admitted = "none", False
         error_type = "none"
         stats = ReplyStats()
         status = 0
@@ -158,6 +154,7 @@ class Forwarder:
             sources = self.routes.session_sources(requested)
             key = session_raw if sources is None else extract_session(sources, request.headers, body)
             decision = self.routes.decide(requested, key)
+            model_label, admitted = self.recorder.model_label(decision.model, decision.route != DIRECT_ROUTE)
 
             stream = body.get("stream", endpoint.stream_default) is not False
             strip_usage = False
@@ -169,10 +166,11 @@ class Forwarder:
                     body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
                     strip_usage = True
             if decision.model != requested or strip_usage:
-                raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+                # ASCII escapes: a lone surrogate in a prompt survives as Ollama would read it.
+                raw = json.dumps(body, separators=(",", ":")).encode()
 
-            headers = forward_headers(request.headers, frozenset({"accept-encoding"}))
-            in_flight = self.recorder.metrics.in_flight.labels(decision.route, decision.arm, decision.model)
+            headers = forward_headers(request.headers, frozenset({"accept-encoding"}) | self._drop)
+            in_flight = self.recorder.metrics.in_flight.labels(decision.route, decision.arm, model_label)
             async with self.admission.slot():
                 in_flight.inc()
                 try:
@@ -191,26 +189,38 @@ class Forwarder:
             # everything: that is a success, not a disconnect.
             error_type = "none" if stats.finished and error_type == "none" else "client_disconnect"
             raise
+        except Exception:
+            # A bug of ours must not cost the client its protocol or the proxy its life.
+            log.exception("internal error on %s (model %s)", path, header_value(decision.model))
+            error_type, status = "internal", 500
+            return error_response(path, ProxyError(500, "internal", "internal error in ollama-sidecar; "
+                                                   "see the proxy's log"))
         finally:
+            if error_type == "model_not_found" and admitted:
+                # Ollama does not know it: no series for a typo or a scanner's guess.
+                self.recorder.release_model(decision.model)
+                self.recorder.metrics.in_flight.remove(decision.route, decision.arm, model_label)
+                model_label = "unknown"
             duration = time.perf_counter() - start
-            self.recorder.request(path, decision.route, decision.arm, decision.model, session_label,
+            self.recorder.request(path, decision.route, decision.arm, model_label, session_label,
                                   error_type, duration, stats)
             if endpoint.generates:
-                self._record_timings(endpoint, decision, stats, start)
+                self._record_timings(endpoint, decision, model_label, stats, start)
             if self.on_result is not None and decision.route != DIRECT_ROUTE:
                 self.on_result(decision, error_type)
             if self.config.access_log:
                 access_log.info(json.dumps({
                     "endpoint": path, "route": decision.route, "arm": decision.arm,
-                    "model": decision.model, "session": session_hash(session_label)
+                    "model": model_label, "session": session_hash(session_label)
                     if session_label not in ("none", "other") else session_label,
                     "status": status or 499, "error_type": error_type, "duration": round(duration, 6),
                     "ttft": round(stats.first_content_at - start, 6) if stats.first_content_at else None,
                     "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
                 }))
 
-    def _record_timings(self, endpoint: Endpoint, d: Decision, stats: ReplyStats, start: float) -> None:
-        labels = (endpoint.name, d.route, d.arm, d.model)
+    def _record_timings(self, endpoint: Endpoint, d: Decision, model_label: str, stats: ReplyStats,
+                        start: float) -> None:
+        labels = (endpoint.name, d.route, d.arm, model_label)
         if stats.first_content_at is not None:
             self.recorder.ttft(*labels, stats.first_content_at - start)
         elif stats.load_duration is not None or stats.prompt_eval_duration is not None:
@@ -224,36 +234,14 @@ class Forwarder:
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:
-        response.headers["X-Sidecar-Route"] = d.route
+        response.headers["X-Sidecar-Route"] = header_value(d.route)
         response.headers["X-Sidecar-Arm"] = d.arm
-        response.headers["X-Sidecar-Model"] = d.model
-
-    async def _send(self, request: web.Request, upstream: str, data: Any, headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
-        assert self.session is not None
-        url = URL(upstream + request.raw_path, encoded=True)
-        timeouts = self.config.timeouts
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                return await self.session.request(request.method, url, data=data, headers=headers,
-                                                  allow_redirects=False)
-        except aiohttp.ClientConnectorError as exc:
-            why = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else str(exc)
-            raise ProxyError(502, "connect", f"upstream Ollama at {upstream} refused the connection "
-                             f"or is unreachable ({why})") from None
-        except aiohttp.ServerTimeoutError:  # connect timeout (sock_connect)
-            raise ProxyError(502, "connect", f"upstream Ollama at {upstream} did not accept a connection "
-                             f"within {timeouts.connect:g}s") from None
-        except TimeoutError:
-            raise ProxyError(504, "timeout", f"upstream Ollama at {upstream} sent no response within "
-                             f"{timeouts.first_byte:g}s (timeouts.first_byte)") from None
-        except aiohttp.ClientError as exc:
-            raise ProxyError(502, "connect", f"upstream Ollama at {upstream} closed the connection "
-                             f"before answering ({type(exc).__name__})") from None
+        response.headers["X-Sidecar-Model"] = header_value(d.model)
 
     async def _exchange(self, request: web.Request, endpoint: Endpoint, decision: Decision, raw: bytes,
                         headers: CIMultiDict[str], strip_usage: bool,
                         stats: ReplyStats) -> tuple[int, str, web.StreamResponse]:
-        resp = await self._send(request, decision.upstream, raw, headers)
+        resp = await self.upstream.send(request, decision.upstream, raw, headers)
         try:
             status = resp.status
             error_type = classify_upstream_status(status, instrumented=True)
@@ -264,7 +252,7 @@ class Forwarder:
                 self._route_headers(out, decision)
                 stream_error = await self._relay_stream(request, resp, out, endpoint, stats, strip_usage)
                 return status, stream_error or error_type, out
-            body = await self._read_body(resp, decision.upstream)
+            body = await self.upstream.read_body(resp, decision.upstream)
             if status == 200:
                 read_reply_body(endpoint, body, stats)
             out = web.Response(status=status, body=body, headers=out_headers)
@@ -275,17 +263,6 @@ class Forwarder:
             raise
         finally:
             resp.release()
-
-    async def _read_body(self, resp: aiohttp.ClientResponse, upstream: str) -> bytes:
-        try:
-            async with asyncio.timeout(self.config.timeouts.idle):
-                return await resp.read()
-        except TimeoutError:
-            raise ProxyError(504, "timeout", f"upstream Ollama at {upstream} stopped sending its reply "
-                             f"for {self.config.timeouts.idle:g}s (timeouts.idle)") from None
-        except aiohttp.ClientError as exc:
-            raise ProxyError(502, "stream_interrupted", f"upstream Ollama at {upstream} closed the "
-                             f"connection mid-reply ({type(exc).__name__})") from None
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse,
                             endpoint: Endpoint, stats: ReplyStats, strip_usage: bool) -> str | None:
@@ -306,7 +283,7 @@ class Forwarder:
                     chunk = await resp.content.readany()
                     if not chunk:
                         break
-                    now = loop.time()
+                    now = time.perf_counter()
                     if strip_usage:
                         keep = []
                         for piece, parse in framer.feed(chunk):
@@ -332,7 +309,7 @@ class Forwarder:
             raise asyncio.CancelledError() from None
         tail = framer.flush()
         if tail:
-            kept = observer.line(tail, loop.time())
+            kept = observer.line(tail, time.perf_counter())
             if strip_usage and kept is not None:
                 await out.write(kept)
         unparsed = self.recorder.metrics.unparsed_lines
@@ -352,67 +329,3 @@ class Forwarder:
                 raise asyncio.CancelledError() from None
         await out.write_eof()
         return error_type
-
-    # --- everything else ---------------------------------------------------------------------
-    async def _passthrough(self, request: web.Request, start: float) -> web.StreamResponse:
-        endpoint = endpoint_label(request.path)
-        upstream = self.config.upstream
-        error_type = "none"
-        try:
-            data = request.content if request.body_exists else None
-            resp = await self._send(request, upstream, data, forward_headers(request.headers))
-            try:
-                error_type = classify_upstream_status(resp.status, instrumented=False)
-                headers = forward_headers(resp.headers)
-                length = resp.content_length
-                if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
-                    body = await self._read_body(resp, upstream)
-                    body = self._add_route_aliases(request, resp, body)
-                    return web.Response(status=resp.status, body=body, headers=headers)
-                out = web.StreamResponse(status=resp.status, headers=headers)
-                if length is not None:
-                    out.content_length = length
-                await out.prepare(request)
-                try:
-                    async for chunk in resp.content.iter_any():
-                        await out.write(chunk)
-                except aiohttp.ClientError:
-                    error_type = "stream_interrupted"
-                    return out  # cannot signal more: the status line went out already
-                await out.write_eof()
-                return out
-            finally:
-                resp.release()
-        except ProxyError as err:
-            error_type = err.error_type
-            return error_response(request.path, err)
-        except (asyncio.CancelledError, ConnectionResetError):
-            error_type = "client_disconnect"
-            raise
-        finally:
-            self.recorder.request(endpoint, DIRECT_ROUTE, "direct", "none", "none", error_type,
-                                  time.perf_counter() - start, None)
-
-    def _add_route_aliases(self, request: web.Request, resp: aiohttp.ClientResponse, body: bytes) -> bytes:
-        """List route aliases in /api/tags and /v1/models so clients can discover them."""
-        routes = self.routes.aliases()
-        if not routes or resp.status != 200 or request.method != "GET" \
-                or request.path not in ("/api/tags", "/v1/models"):
-            return body
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return body
-        if request.path == "/api/tags" and isinstance(doc.get("models"), list):
-            by_name = {m.get("name"): m for m in doc["models"] if isinstance(m, dict)}
-            for alias, state in routes.items():
-                entry = dict(by_name.get(state.stable) or by_name.get(f"{state.stable}:latest") or {})
-                entry.update({"name": alias, "model": alias})
-                doc["models"].append(entry)
-        elif request.path == "/v1/models" and isinstance(doc.get("data"), list):
-            for alias in routes:
-                doc["data"].append({"id": alias, "object": "model", "created": int(time.time()),
-                                    "owned_by": "ollama-sidecar"})
-        else:
-            return body
-        return json.dumps(doc).encode()

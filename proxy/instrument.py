@@ -13,13 +13,16 @@ from proxy import __version__
 from proxy.config import ProxyConfig
 from proxy.metrics import ProxyMetrics
 from proxy.observe import ReplyStats
-from proxy.sessions import SessionLabels
+from proxy.sessions import NO_SESSION, OVERFLOW, SessionLabels
 
 
 class Recorder:
     def __init__(self, metrics: ProxyMetrics, config: ProxyConfig) -> None:
         self.metrics = metrics
         self.sessions = SessionLabels(config.session_label_cap, config.session_label_ttl, self._evict)
+        # Models asked for directly, by name: a client could invent any number of them.
+        self.model_label_cap = config.model_label_cap
+        self._direct_models: set[str] = set()
         # session label -> label tuples it was used with, per metric
         self._request_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
         self._token_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
@@ -29,6 +32,20 @@ class Recorder:
         label = self.sessions.label(raw)
         self.metrics.session_labels.set(len(self.sessions))
         return label
+
+    def model_label(self, model: str, routed: bool) -> tuple[str, bool]:
+        """The label for ``model`` and whether this call admitted it. Routed models are
+        bounded by the config; direct ones by ``model_label_cap`` (then ``other``)."""
+        if routed or model in self._direct_models:
+            return model, False
+        if len(self._direct_models) >= self.model_label_cap:
+            return OVERFLOW, False
+        self._direct_models.add(model)
+        return model, True
+
+    def release_model(self, model: str) -> None:
+        """Give back a label admitted for a model Ollama did not know (a typo, a scan)."""
+        self._direct_models.discard(model)
 
     def _evict(self, label: str) -> None:
         m = self.metrics
@@ -42,6 +59,10 @@ class Recorder:
                 error_type: str, duration: float, stats: ReplyStats | None) -> None:
         """Record a finished request (``stats`` only for instrumented endpoints)."""
         m = self.metrics
+        if session not in (NO_SESSION, OVERFLOW):
+            # Re-admit: a request can outlive its session's TTL, and a series recreated for
+            # an evicted value would escape the cap.
+            session = self.session_label(session)
         labels = (endpoint, route, arm, model, session, error_type)
         self._request_series[session].add(labels)
         m.requests.labels(*labels).inc()

@@ -198,7 +198,7 @@ ALL: tuple[MetricSpec, ...] = (
 # error_type values (docs/metrics.md explains each). Server-side ones count against a canary.
 ERROR_TYPES = (
     "none", "bad_request", "unauthorized", "model_not_found", "upstream_4xx", "upstream_5xx",
-    "overloaded", "connect", "timeout", "stream_interrupted", "client_disconnect",
+    "overloaded", "connect", "timeout", "stream_interrupted", "client_disconnect", "internal",
 )
 SERVER_SIDE_ERRORS = frozenset({"upstream_5xx", "timeout", "connect", "stream_interrupted"})
 

@@ -71,7 +71,9 @@ def test_unknown_model_404_is_forwarded_as_ollama_said_it(httpserver, proxy_for,
         assert_ollama_error(r, 404, "model 'nope' not found")
         r = requests.post(f"{p.url}/v1/chat/completions", json={"model": "nope", "messages": [], "stream": stream})
         assert_openai_error(r, 404, "model 'nope' not found", "not_found_error")
-        assert p.value("ollama_proxy_requests_total", model="nope", error_type="model_not_found") == 2
+        assert p.value("ollama_proxy_requests_total", model="unknown", error_type="model_not_found") == 2
+        # a name Ollama does not know never becomes a label value (typos, scanners)
+        assert not [k for k in p.scrape() if dict(k[1]).get("model") == "nope"]
 
 
 @pytest.mark.parametrize("status,error_type", [(500, "upstream_5xx"), (503, "overloaded"), (429, "overloaded"),

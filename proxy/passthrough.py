@@ -1,0 +1,160 @@
+"""Everything that is not chat, generate or embeddings: forwarded as is, counted and timed.
+
+Bodies stream through in both directions (``ollama create`` uploads gigabytes of blobs,
+``/api/pull`` streams progress for minutes). Three small exceptions make route aliases
+behave like models to clients that look a model up before using it (``ollama run chat``,
+Open WebUI): ``/api/tags`` and ``/v1/models`` list the aliases, and ``/api/show`` and
+``/v1/models/{alias}`` answer for an alias with its stable model's description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.parse
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.errors import ProxyError, classify_upstream_status, error_response
+from proxy.instrument import Recorder
+from proxy.observe import endpoint_label
+from proxy.routing import DIRECT_ROUTE, RouteTable
+from proxy.upstream import Upstream, forward_headers
+
+log = logging.getLogger("ollama_sidecar.proxy")
+
+SMALL_BODY = 1 << 20  # replies up to this size with a Content-Length are relayed in one write
+SHOW_LIMIT = 1 << 20  # an /api/show request larger than this is not looked into
+
+
+class Passthrough:
+    def __init__(self, upstream: Upstream, recorder: Recorder, routes: RouteTable) -> None:
+        self.upstream = upstream
+        self.recorder = recorder
+        self.routes = routes
+
+    async def handle(self, request: web.Request, upstream: str, start: float,
+                     drop: frozenset[str] = frozenset()) -> web.StreamResponse:
+        endpoint = endpoint_label(request.path)
+        error_type = "none"
+        try:
+            alias, data, headers, path = await self._alias_request(request, drop)
+            streaming_body = data is request.content
+            if streaming_body and request.content_length is not None and "Transfer-Encoding" not in request.headers:
+                headers["Content-Length"] = str(request.content_length)  # keep the upload unchunked
+            resp = await self.upstream.send(request if path is None else request.clone(rel_url=path),
+                                            upstream, data, headers, streaming_body=streaming_body)
+            try:
+                error_type = classify_upstream_status(resp.status, instrumented=False)
+                response, broke = await self._relay(request, resp, upstream, alias)
+                if broke:
+                    error_type = "stream_interrupted"
+                return response
+            except BaseException:
+                resp.close()
+                raise
+            finally:
+                resp.release()
+        except ProxyError as err:
+            error_type = err.error_type
+            return error_response(request.path, err)
+        except (asyncio.CancelledError, ConnectionResetError):
+            error_type = "client_disconnect"
+            raise
+        except Exception:
+            log.exception("internal error forwarding %s %s", request.method, endpoint)
+            error_type = "internal"
+            return error_response(request.path, ProxyError(500, "internal", "internal error in "
+                                                           "ollama-sidecar; see the proxy's log"))
+        finally:
+            self.recorder.request(endpoint, DIRECT_ROUTE, "direct", "none", "none", error_type,
+                                  time.perf_counter() - start, None)
+
+    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, upstream: str,
+                     alias: str | None) -> tuple[web.StreamResponse, bool]:
+        """Relay the reply; the flag says the upstream broke after the status line went out."""
+        headers = forward_headers(resp.headers)
+        length = resp.content_length
+        if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
+            body = await self.upstream.read_body(resp, upstream)
+            body = self._with_aliases(request, resp.status, body, alias)
+            return web.Response(status=resp.status, body=body, headers=headers), False
+        out = web.StreamResponse(status=resp.status, headers=headers)
+        if length is not None:
+            out.content_length = length
+        await out.prepare(request)
+        loop = asyncio.get_running_loop()
+        idle = self.upstream.timeouts.idle
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(loop.time() + idle)
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    await out.write(chunk)
+        except (aiohttp.ClientError, TimeoutError):
+            # The status line went out already: the only honest signal left is to break the
+            # connection, so the client sees a truncated reply instead of a complete one.
+            if request.transport is not None:
+                request.transport.abort()
+            return out, True
+        await out.write_eof()
+        return out, False
+
+    # --- route aliases ---------------------------------------------------------------------------
+    async def _alias_request(self, request: web.Request,
+                             drop: frozenset[str]) -> tuple[str | None, Any, Any, str | None]:
+        """(alias, body to send, headers, rewritten path) for this request."""
+        headers = forward_headers(request.headers, drop)
+        routes = self.routes.aliases()
+        if routes and request.method == "POST" and request.path == "/api/show" \
+                and (request.content_length or 0) <= SHOW_LIMIT:
+            raw = await request.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            for key in ("model", "name"):  # `name` is the older spelling Ollama still accepts
+                if isinstance(body, dict) and isinstance(body.get(key), str) and body[key] in routes:
+                    alias = body[key]
+                    body[key] = routes[alias].stable
+                    return alias, json.dumps(body).encode(), headers, None
+            return None, raw, headers, None
+        if routes and request.method == "GET" and request.path.startswith("/v1/models/"):
+            name = urllib.parse.unquote(request.path[len("/v1/models/"):])
+            if name in routes:
+                return name, None, headers, "/v1/models/" + urllib.parse.quote(routes[name].stable, safe=":")
+        return None, (request.content if request.body_exists else None), headers, None
+
+    def _with_aliases(self, request: web.Request, status: int, body: bytes, alias: str | None) -> bytes:
+        routes = self.routes.aliases()
+        if not routes or status != 200 or (alias is None and request.path not in ("/api/tags", "/v1/models")):
+            return body
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(doc, dict):
+            return body
+        if alias is not None:
+            if request.path.startswith("/v1/models/"):
+                doc["id"] = alias
+            return json.dumps(doc).encode()
+        if request.path == "/api/tags" and isinstance(doc.get("models"), list):
+            by_name = {m.get("name"): m for m in doc["models"] if isinstance(m, dict)}
+            for name, state in routes.items():
+                entry = dict(by_name.get(state.stable) or by_name.get(f"{state.stable}:latest") or {})
+                entry.update({"name": name, "model": name})
+                doc["models"].append(entry)
+        elif request.path == "/v1/models" and isinstance(doc.get("data"), list):
+            for name in routes:
+                doc["data"].append({"id": name, "object": "model", "created": int(time.time()),
+                                    "owned_by": "ollama-sidecar"})
+        else:
+            return body
+        return json.dumps(doc).encode()
