@@ -37,13 +37,15 @@ def is_loopback(remote: str | None) -> bool:
         return False
 
 
-def make_auth_middleware(token: str | None):
-    expected = token.encode() if token else None
+def make_auth_middleware():
+    """Reads the token from the live config, so a rotated token file takes effect on reload."""
 
     @web.middleware
     async def admin_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         if not request.path.startswith("/admin/"):
             return await handler(request)
+        token = request.app[CONTROL].config.admin_token
+        expected = token.encode() if token else None
         if expected is None:
             if not is_loopback(request.remote):
                 return _unauthorized(request, 403, "admin API answers only loopback clients when no admin "

@@ -149,7 +149,8 @@ class Reconciler:
         self.metrics.alertmanager_reconciles.labels("ok").inc()
         applied = 0
         for i, raw in enumerate(doc):
-            state = (raw.get("status") or {}).get("state") if isinstance(raw, dict) else None
+            status = raw.get("status") if isinstance(raw, dict) else None
+            state = status.get("state") if isinstance(status, dict) else None
             if state not in (None, "active"):
                 continue  # silenced or inhibited: a human said no
             try:
@@ -162,5 +163,9 @@ class Reconciler:
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         while True:
-            await self.once(session)
+            try:
+                await self.once(session)
+            except Exception:  # the loop must outlive any one bad answer
+                self.metrics.alertmanager_reconciles.labels("error").inc()
+                log.exception("reconcile with Alertmanager at %s failed", self.url)
             await asyncio.sleep(self.interval)

@@ -62,7 +62,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
     # client_max_size bounds bodies we read ourselves; passthrough bodies stream untouched.
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[make_auth_middleware(config.admin_token)])
+                          middlewares=[make_auth_middleware()])
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
     app[CONTROL] = control

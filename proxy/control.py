@@ -12,12 +12,13 @@ its decision before a change keeps it to the end, so no stream is cut by a switc
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import asdict, replace
 from typing import Any
 
-from proxy.config import ProxyConfig
+from proxy.config import ProxyConfig, RouteConfig
 from proxy.metrics import ProxyMetrics
 from proxy.routing import RouteState, RouteTable
 from proxy.state import StateFile
@@ -25,6 +26,41 @@ from proxy.state import StateFile
 log = logging.getLogger("ollama_sidecar.control")
 
 PERSISTED_FIELDS = ("stable", "canary", "weight", "rolled_back", "reason", "since", "weight_before_rollback")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_state(data: dict[str, Any]) -> None:
+    """Refuse a state file whose values would route traffic wrongly if trusted."""
+    for name, fields in data.get("routes", {}).items():
+        where = f"routes.{name}"
+        if not isinstance(fields, dict):
+            raise ValueError(f"{where} is not an object")
+        if not isinstance(fields.get("stable"), str) or not fields["stable"]:
+            raise ValueError(f"{where}.stable is not a model name")
+        if fields.get("canary") is not None and not isinstance(fields["canary"], str):
+            raise ValueError(f"{where}.canary is not a model name")
+        for key in ("weight", "weight_before_rollback"):
+            value = fields.get(key)
+            if value is not None and (not _finite(value) or not 0 <= value <= 100):
+                raise ValueError(f"{where}.{key} is not a weight between 0 and 100")
+        if not isinstance(fields.get("rolled_back"), bool):
+            raise ValueError(f"{where}.rolled_back is not true or false")
+        if not isinstance(fields.get("reason"), str) or not _finite(fields.get("since")):
+            raise ValueError(f"{where} has no valid reason and time")
+        base = fields.get("config")
+        if base is not None and not isinstance(base, dict):
+            raise ValueError(f"{where}.config is not an object")
+    acted = data.get("acted_alerts", [])
+    if not isinstance(acted, list) or not all(isinstance(k, str) for k in acted):
+        raise ValueError("acted_alerts is not a list of strings")
+
+
+def _config_view(cfg: RouteConfig) -> dict[str, Any]:
+    """What of a route's config the state file remembers, to notice edits made while down."""
+    return {"stable": cfg.stable, "canary": cfg.canary, "canary_weight": cfg.canary_weight}
 MAX_REMEMBERED_ALERTS = 1000
 
 
@@ -59,20 +95,26 @@ class ControlPlane:
 
     # --- persistence ------------------------------------------------------------------------
     def _load_state(self) -> None:
-        data, problem = self.state_file.load()
+        data, problem = self.state_file.load(validate_state)
         if problem is not None:
             self.metrics.state_errors.labels("corrupt").inc()
         saved = data.get("routes", {})
         for name, fields in saved.items():
             current = self.routes.routes.get(name)
-            if current is None or not isinstance(fields, dict):
+            if current is None:
                 log.warning("state file has route %r, which the config no longer defines; ignored", name)
                 continue
-            known = {k: fields[k] for k in PERSISTED_FIELDS if k in fields}
-            try:
-                self.routes.routes[name] = replace(current, **known)
-            except TypeError as exc:
-                log.error("state of route %r unusable (%s); using the config", name, exc)
+            restored = replace(current, **{k: fields[k] for k in PERSISTED_FIELDS if k in fields})
+            cfg = self.config.routes[name]
+            if fields.get("config") not in (None, _config_view(cfg)):
+                # The config was edited while the proxy was down: it wins, a rollback stays.
+                log.warning("route %s: config changed since the state was saved; using the config "
+                            "(stable=%s canary=%s weight=%g)%s", name, cfg.stable, cfg.canary,
+                            cfg.canary_weight, ", still rolled back" if restored.rolled_back else "")
+                restored = restored.with_config(cfg)
+                if restored.rolled_back:
+                    restored = replace(restored, weight=0.0, weight_before_rollback=cfg.canary_weight)
+            self.routes.routes[name] = restored
         for key in data.get("acted_alerts", []):
             self.acted_alerts[str(key)] = 0.0
         if saved:
@@ -81,8 +123,9 @@ class ControlPlane:
                 for s in self.routes.routes.values()))
 
     def _save(self) -> None:
-        data = {"routes": {name: {k: getattr(s, k) for k in PERSISTED_FIELDS}
-                           for name, s in self.routes.routes.items()},
+        data = {"routes": {name: {**{k: getattr(s, k) for k in PERSISTED_FIELDS},
+                                  "config": _config_view(self.config.routes[name])}
+                           for name, s in self.routes.routes.items() if name in self.config.routes},
                 "acted_alerts": list(self.acted_alerts)}
         try:
             self.state_file.save(data)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -36,10 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--reason", help="a note recorded with the rollback")
 
 
+class UsageError(Exception):
+    pass
+
+
 def _token(args: argparse.Namespace) -> str | None:
     path = args.token_file or os.environ.get("OLLAMA_SIDECAR_ADMIN_TOKEN_FILE")
     if path:
-        return Path(path).read_text(encoding="utf-8").strip()
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the admin token file {path}: {getattr(exc, 'strerror', None) or exc}")
     return os.environ.get("OLLAMA_SIDECAR_ADMIN_TOKEN") or None
 
 
@@ -98,6 +106,14 @@ def format_status(doc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"ollama-sidecar {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
     command = args.command
     if command == "status":
         code, doc = _call(args, "GET", "/admin/routes")
@@ -112,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
         if not body:
             print("ollama-sidecar route set: give at least one of --stable, --canary, --weight", file=sys.stderr)
             return EXIT_USAGE
-        code, doc = _call(args, "PUT", f"/admin/routes/{args.route}", body)
+        code, doc = _call(args, "PUT", f"/admin/routes/{quote(args.route, safe='')}", body)
     else:
         body = {"reason": args.reason} if command == "rollback" and args.reason else {}
-        code, doc = _call(args, "POST", f"/admin/routes/{args.route}/{command}", body)
+        code, doc = _call(args, "POST", f"/admin/routes/{quote(args.route, safe='')}/{command}", body)
     if code != EXIT_OK:
         return code
     if args.json:

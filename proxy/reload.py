@@ -17,7 +17,8 @@ from proxy.config import ConfigError, ProxyConfig, load_config
 
 log = logging.getLogger("ollama_sidecar.reload")
 
-RESTART_ONLY = ("listen", "session_label_cap", "session_label_ttl", "max_body_bytes")
+RESTART_ONLY = ("listen", "session_label_cap", "session_label_ttl", "model_label_cap", "max_body_bytes",
+                "admission", "alertmanager_url", "reconcile_interval", "reload_interval", "state_file")
 
 
 class ConfigReloader:
@@ -43,17 +44,25 @@ class ConfigReloader:
         try:
             new = load_config(self.path, overrides=self.overrides)
         except ConfigError as exc:
-            message = f"config reload rejected, old config kept: {exc}"
-            log.error(message)
-            self.on_result(False, str(exc))
-            return False, message
+            return self._reject(str(exc))
+        except Exception as exc:  # a reload must never take the proxy down
+            log.exception("unexpected error while reloading %s", self.path)
+            return self._reject(f"{type(exc).__name__}: {exc}")
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("config: %s changed; it takes effect at the next restart", key)
+        if new.admin_token != old.admin_token:
+            log.warning("config: the admin token changed; the new one is in force")
         self.apply(new, old)
         self.on_result(True, None)
         log.info("config reloaded from %s", self.path)
         return True, "reloaded"
+
+    def _reject(self, problem: str) -> tuple[bool, str]:
+        message = f"config reload rejected, old config kept: {problem}"
+        log.error(message)
+        self.on_result(False, problem)
+        return False, message
 
     async def watch(self, interval: float) -> None:
         """Poll the file; reload when its mtime or size changes."""
@@ -63,7 +72,7 @@ class ConfigReloader:
             if stamp is not None and stamp != self._stamp:
                 # Editors write in several steps: let the file settle before reading it.
                 await asyncio.sleep(min(0.2, interval))
-                self.reload()
+                self.reload()  # never raises
             elif stamp is None and self._stamp is not None:
                 self._stamp = None
                 log.error("config file %s disappeared; keeping the config in force", self.path)

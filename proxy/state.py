@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("ollama_sidecar.state")
 
@@ -25,8 +25,10 @@ class StateFile:
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
 
-    def load(self) -> tuple[dict[str, Any], str | None]:
-        """The saved state ({} when there is none) and, if the file was corrupt, why."""
+    def load(self, validate: Callable[[dict[str, Any]], None] = lambda data: None
+             ) -> tuple[dict[str, Any], str | None]:
+        """The saved state ({} when there is none) and, if the file was corrupt, why.
+        ``validate`` raises ValueError for content that parses but cannot be trusted."""
         if self.path is None or not self.path.exists():
             return {}, None
         try:
@@ -34,6 +36,7 @@ class StateFile:
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION \
                     or not isinstance(data.get("routes", {}), dict):
                 raise ValueError(f"not an ollama-sidecar state file of version {STATE_VERSION}")
+            validate(data)
             return data, None
         except (OSError, ValueError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")

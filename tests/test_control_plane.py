@@ -365,3 +365,86 @@ def _up(url):
         return requests.get(f"{url}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+# --- review follow-ups: state and reload edge cases --------------------------------------------
+
+@pytest.mark.parametrize("fields", [
+    {"weight": "abc"}, {"weight": 500}, {"stable": 5}, {"rolled_back": "false"}, {"since": "yesterday"},
+])
+def test_state_file_with_untrustworthy_values_is_moved_aside(admin_proxy, tmp_path, fields):
+    with admin_proxy() as p:
+        requests.post(f"{p.url}/admin/routes/chat/rollback", headers=AUTH)
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["routes"]["chat"].update(fields)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with admin_proxy() as p:
+        r = route(p)
+        assert (r["rolled_back"], r["weight"], r["stable"]) == (False, 50, "qwen3:8b")  # the config
+        assert p.value("ollama_proxy_state_errors_total", kind="corrupt") == 1
+    assert len(list(tmp_path.glob("state.json.corrupt-*"))) == 1
+
+
+def test_config_edited_while_down_wins_but_a_rollback_stays(admin_proxy, tmp_path):
+    with admin_proxy() as p:
+        requests.post(f"{p.url}/admin/routes/chat/rollback", headers=AUTH)
+    edited = {"chat": {"stable": "new-stable", "canary": "new-canary", "canary_weight": 30}}
+    with admin_proxy(routes=edited) as p:
+        r = route(p)
+        assert (r["stable"], r["canary"]) == ("new-stable", "new-canary")
+        assert r["rolled_back"] is True and r["weight_before_rollback"] == 30
+        assert requests.post(f"{p.url}/admin/routes/chat/resume", headers=AUTH).json()["weight"] == 30
+        requests.put(f"{p.url}/admin/routes/chat", json={"canary_weight": 12}, headers=AUTH)
+    with admin_proxy(routes=edited) as p:  # unchanged config: the API's change persists
+        assert route(p)["rolled_back"] is False and route(p)["weight"] == 12
+
+
+def test_reload_survives_a_file_that_is_not_utf8_and_picks_up_the_next_good_one(httpserver, tmp_path):
+    cfg = tmp_path / "proxy.yaml"
+    base = {"upstream": httpserver.url_for("/"), "access_log": False, "reload_interval": 0.1,
+            "routes": {"chat": dict(ROUTE)}}
+    cfg.write_text(yaml.safe_dump(base))
+    config = load_config(str(cfg), environ={"OLLAMA_SIDECAR_ADMIN_TOKEN": TOKEN})
+    with running_proxy({}, config=config) as p:
+        cfg.write_bytes(b"# mod\xe8le\nroutes: {}\n")
+        wait_for(lambda: requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"])
+        assert "not UTF-8" in requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"]
+        cfg.write_text(yaml.safe_dump(dict(base, routes={"chat": dict(ROUTE, canary_weight=9)})))
+        wait_for(lambda: route(p)["weight"] == 9)  # the watcher is still alive
+
+
+def test_admin_token_rotates_on_reload(httpserver, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(yaml.safe_dump({"upstream": httpserver.url_for("/"), "access_log": False,
+                                   "admin": {"token_file": str(token_file)}, "routes": {"chat": dict(ROUTE)}}))
+    config = load_config(str(cfg), environ={})
+    with running_proxy({}, config=config) as p:
+        assert requests.get(f"{p.url}/admin/routes", headers={"Authorization": "Bearer first"}).ok
+        token_file.write_text("second\n")
+        assert requests.post(f"{p.url}/admin/reload", headers={"Authorization": "Bearer first"}).ok
+        assert requests.get(f"{p.url}/admin/routes", headers={"Authorization": "Bearer first"}).status_code == 401
+        assert requests.get(f"{p.url}/admin/routes", headers={"Authorization": "Bearer second"}).ok
+
+
+def test_reconcile_tolerates_odd_answers(httpserver):
+    from pytest_httpserver import HTTPServer
+    am = HTTPServer(host="127.0.0.1", port=free_port())
+    am.start()
+    try:
+        am.expect_request("/api/v2/alerts").respond_with_json(
+            ["junk", {"status": "weird"}, dict(alert(), status={"state": "active"})])
+        settings = {"upstream": httpserver.url_for("/"), "access_log": False, "routes": {"chat": ROUTE},
+                    "alertmanager_url": am.url_for("/"), "reconcile_interval": 0.1}
+        with running_proxy(settings) as p:
+            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1)
+    finally:
+        am.stop()
+
+
+def test_cli_reports_a_missing_token_file_without_a_traceback(admin_proxy, tmp_path):
+    with admin_proxy() as p:
+        r = _cli(p, "status", "--token-file", str(tmp_path / "nope"))
+        assert r.returncode == 2 and "cannot read the admin token file" in r.stderr
+        assert "Traceback" not in r.stderr
