@@ -105,7 +105,9 @@ def _canary_error_rate_high(p: Profile) -> Alert:
 
 
 def _canary_latency_regression(p: Profile) -> Alert:
-    canary, stable = f'{r.LATENCY_P95}{{arm="canary"}}', f'{r.LATENCY_P95}{{arm="stable"}}'
+    # Time to first token, not the whole request: a fine-tune that answers at greater
+    # length takes longer per request without being any slower, and must not be rolled back.
+    canary, stable = f'{r.TTFT_P95}{{arm="canary"}}', f'{r.TTFT_P95}{{arm="stable"}}'
     expr = (
         f"{canary}\n"
         f"and on (route) ({canary} > on (route) {p.latency_factor:g} * {stable})\n"
@@ -116,7 +118,7 @@ def _canary_latency_regression(p: Profile) -> Alert:
     return Alert(
         CANARY_LATENCY_REGRESSION, expr, p.latency_for, "warning",
         "Canary of route {{ $labels.route }} is slower than stable",
-        "p95 request latency of the canary arm of route {{ $labels.route }} is "
+        "p95 time to first token of the canary arm of route {{ $labels.route }} is "
         f"{{{{ $value | humanizeDuration }}}} over {p.window}, more than {p.latency_factor:g}x "
         f"stable's and {p.latency_margin_seconds:g}s above it. The proxy rolls the route back "
         "to stable when Alertmanager delivers this alert.",
@@ -148,7 +150,11 @@ def alert_rules(p: Profile) -> list[dict]:
         _target_down(PROXY_DOWN, PROXY_JOB, "The ollama-sidecar proxy", p),
         _target_down(EXPORTER_DOWN, EXPORTER_JOB, "The ollama-sidecar exporter", p),
         Alert(
-            MODEL_SPILLED, f"{em.OLLAMA_MODEL_VRAM_RATIO.name} < 1", p.spill_for, "warning",
+            # Only where the exporter sees GPUs: on a CPU-only host every model is "spilled".
+            MODEL_SPILLED,
+            f"{em.OLLAMA_MODEL_VRAM_RATIO.name} < 1\n"
+            f"and on (job, instance) (count by (job, instance) ({em.GPU_INFO.name}) > 0)",
+            p.spill_for, "warning",
             "Model {{ $labels.model }} spilled to the CPU",
             "Only {{ $value | humanizePercentage }} of model {{ $labels.model }} is in GPU memory; "
             "the rest runs on the CPU, much slower.",
@@ -174,12 +180,13 @@ def alert_rules(p: Profile) -> list[dict]:
         Alert(
             PROXY_OVERLOADED,
             f"sum by (job, instance) ({pm.QUEUE_LENGTH.name}) > {p.queue_length:g}\n"
-            f"or\nsum by (job, instance) (rate({pm.REQUESTS.name}"
-            f'{{error_type="overloaded"}}[{p.window}])) > 0',
+            f"or\nsum by (job, instance) (rate({pm.ROUTE_REQUESTS.name}"
+            f'{{error_type="overloaded"}}[{p.window}]))\n'
+            f"/ sum by (job, instance) (rate({pm.ROUTE_REQUESTS.name}[{p.window}])) > {p.overloaded_ratio:g}",
             p.overloaded_for, "warning",
             "Proxy {{ $labels.instance }} is saturated",
-            f"More than {p.queue_length:g} requests wait for an admission slot, or requests are "
-            "rejected as overloaded (value {{ $value }}).",
+            f"More than {p.queue_length:g} requests wait for an admission slot, or more than "
+            f"{_pct(p.overloaded_ratio)} of requests are rejected as overloaded (value {{{{ $value }}}}).",
             uids.OVERVIEW,
         ),
         Alert(

@@ -49,6 +49,7 @@ class Profile:
 
     # Proxy health.
     queue_length: float
+    overloaded_ratio: float  # share of requests rejected as overloaded (proxy or upstream)
     overloaded_for: str
     error_ratio: float  # route-wide server-side failure ratio (all arms)
     min_rate: float  # req/s a route (or arm) needs before ratios and quantiles count
@@ -75,6 +76,7 @@ PRODUCTION = Profile(
     gpu_temperature_celsius=85,
     gpu_hot_for="10m",
     queue_length=5,
+    overloaded_ratio=0.01,
     overloaded_for="5m",
     error_ratio=0.1,
     min_rate=0.1,
@@ -103,6 +105,7 @@ FAST = Profile(
     gpu_temperature_celsius=85,
     gpu_hot_for="3s",
     queue_length=5,
+    overloaded_ratio=0.01,
     overloaded_for="3s",
     error_ratio=0.2,
     min_rate=0.2,

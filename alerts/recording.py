@@ -30,7 +30,7 @@ def recording_rules(profile: Profile) -> list[dict[str, str]]:
     """Rules in dependency order: a rule may read the ones above it in the same group,
     which Prometheus evaluates in order at one timestamp."""
     w = profile.window
-    requests = pm.REQUESTS.name
+    requests = pm.ROUTE_REQUESTS.name  # session-free, first failure visible (see its help)
     return [
         {"record": REQUESTS_RATE, "expr": f"sum by (route, arm) (rate({requests}[{w}]))"},
         {

@@ -70,15 +70,15 @@ def build() -> g.Dashboard:
                 steps=c.thresholds(("green", None), ("orange", PRODUCTION.canary_error_ratio)),
                 description="The in-process circuit breaker's own window (only when it is enabled)."), 6),
         (c.stat("Route changes in range",
-                (f'sum(increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]))', "changes"),
+                (f'sum(increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]) or ({pm.ROUTE_CHANGES.name}{{route=~"$route"}} unless {pm.ROUTE_CHANGES.name}{{route=~"$route"}} offset $__range))', "changes"),
                 "short", steps=c.thresholds(("green", None), ("orange", 1))), 6),
         height=4,
     )
     lay.row(
         "Traffic",
         (c.timeseries("Traffic share by arm",
-                      (f"{c.rate(pm.REQUESTS.name, RAW, 'route, arm')}\n/ ignoring (arm) group_left\n"
-                       f"{c.rate(pm.REQUESTS.name, RAW, 'route')}", LEGEND),
+                      (f"{c.rate(pm.ROUTE_REQUESTS.name, RAW, 'route, arm')}\n/ ignoring (arm) group_left\n"
+                       f"{c.rate(pm.ROUTE_REQUESTS.name, RAW, 'route')}", LEGEND),
                       "percentunit", stacked=True, max_=1,
                       description="Should follow the canary weight; 0 for the canary after a rollback."), 12),
         (c.timeseries("Requests/s by arm", (f"{r.REQUESTS_RATE}{{{REC}}}", LEGEND), "reqps",
@@ -91,8 +91,8 @@ def build() -> g.Dashboard:
                       steps=c.thresholds(("green", None), ("red", PRODUCTION.canary_error_ratio)),
                       threshold_lines=True, description=ALERT_VIEW.format(r.FAILED_RATIO)), 12),
         (c.timeseries("Server-side failure ratio by arm (dashboard resolution)",
-                      (f"{c.rate(pm.REQUESTS.name, f'{RAW}, {c.SERVER_SIDE}', 'route, arm')}\n/\n"
-                       f"{c.rate(pm.REQUESTS.name, RAW, 'route, arm')}", LEGEND), "percentunit",
+                      (f"{c.rate(pm.ROUTE_REQUESTS.name, f'{RAW}, {c.SERVER_SIDE}', 'route, arm')}\n/\n"
+                       f"{c.rate(pm.ROUTE_REQUESTS.name, RAW, 'route, arm')}", LEGEND), "percentunit",
                       description="Same ratio over Grafana's rate interval, filtered by instance."), 12),
     )
     lay.row(
@@ -116,7 +116,7 @@ def build() -> g.Dashboard:
     lay.row(
         "Decisions",
         (c.table("Route changes in range by reason",
-                 [(f'sum by (route, reason) (increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]))',
+                 [(f'sum by (route, reason) (increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]) or ({pm.ROUTE_CHANGES.name}{{route=~"$route"}} unless {pm.ROUTE_CHANGES.name}{{route=~"$route"}} offset $__range))',
                    "Changes")], "short", sort_by="Changes",
                  description="admin, config, alert:<name>, breaker, reconcile, promote, resume."), 12),
         (c.table("Models per route now",

@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from proxy.config import ProxyConfig, RouteConfig
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, ProxyMetrics
 from proxy.routing import RouteState, RouteTable
 from proxy.state import StateFile
 
@@ -143,6 +143,14 @@ class ControlPlane:
             except KeyError:
                 pass
         m.route_info.labels(state.name, state.stable, state.canary or "").set(1)
+        # Zero-valued series for what alerts and dashboards take rates and increases of: a
+        # series born at 1 hides its first increment from rate() and increase().
+        for arm, model in (("stable", state.stable), ("canary", state.canary)):
+            if model:
+                for error_type in ("none", *sorted(SERVER_SIDE_ERRORS)):
+                    m.route_requests.labels(state.name, arm, model, error_type)
+        for reason in ROUTE_CHANGE_REASONS:
+            m.route_changes.labels(state.name, reason)
         m.route_canary_weight.labels(state.name).set(state.effective_weight)
         m.route_rolled_back.labels(state.name).set(1 if state.rolled_back else 0)
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from proxy import __version__
 from proxy.config import ProxyConfig
 from proxy.metrics import ProxyMetrics
-from proxy.observe import ReplyStats
+from proxy.observe import ENDPOINTS, ReplyStats
 from proxy.sessions import NO_SESSION, OVERFLOW, SessionLabels
 
 
@@ -66,6 +66,8 @@ class Recorder:
         labels = (endpoint, route, arm, model, session, error_type)
         self._request_series[session].add(labels)
         m.requests.labels(*labels).inc()
+        if endpoint in ENDPOINTS:
+            m.route_requests.labels(route, arm, model, error_type).inc()
         base = (endpoint, route, arm, model)
         m.request_duration.labels(*base).observe(duration)
         if stats is None:

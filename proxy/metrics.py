@@ -72,6 +72,13 @@ REQUESTS = MetricSpec(
     "(error_type=\"none\" on success).",
     REQUEST_LABELS + ("session", "error_type"),
 )
+ROUTE_REQUESTS = MetricSpec(
+    "ollama_proxy_route_requests_total", "counter",
+    "Requests by route, arm, model and error type, without the session label. Every route "
+    "arm's success and server-side failure series exist from start at 0, so rate() sees the "
+    "first failure (on a series born at 1 it would not): alerts and reports read this one.",
+    ("route", "arm", "model", "error_type"),
+)
 REQUEST_DURATION = MetricSpec(
     "ollama_proxy_request_duration_seconds", "histogram",
     "Time from request arrival to the last byte sent to the client.",
@@ -186,7 +193,7 @@ STATE_ERRORS = MetricSpec(
 )
 
 ALL: tuple[MetricSpec, ...] = (
-    REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS,
+    REQUESTS, ROUTE_REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS,
     UPSTREAM_LOAD_DURATION, UPSTREAM_PROMPT_EVAL_DURATION, UPSTREAM_EVAL_DURATION,
     IN_FLIGHT, QUEUE_LENGTH, SESSION_LABELS, SESSION_LABELS_EVICTED, UNPARSED_LINES,
     BUILD_INFO,
@@ -194,6 +201,9 @@ ALL: tuple[MetricSpec, ...] = (
     BREAKER_CANARY_FAILURE_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
     CONFIG_RELOADS, STATE_ERRORS,
 )
+
+# Route change reasons besides alert:<alertname>; their series start at 0 for every route.
+ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "resume")
 
 # error_type values (docs/metrics.md explains each). Server-side ones count against a canary.
 ERROR_TYPES = (
@@ -218,6 +228,7 @@ class ProxyMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         m = lambda spec: _build(spec, self.registry)  # noqa: E731
         self.requests = m(REQUESTS)
+        self.route_requests = m(ROUTE_REQUESTS)
         self.request_duration = m(REQUEST_DURATION)
         self.ttft = m(TIME_TO_FIRST_TOKEN)
         self.tpot = m(TIME_PER_OUTPUT_TOKEN)

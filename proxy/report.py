@@ -149,12 +149,12 @@ class Queries:
         return f"{{route={_label_value(self.route)},arm=~\"{arms}\"{extra}}}"
 
     def requests(self) -> str:
-        return f"sum by (arm) (increase({pm.REQUESTS.name}{self._selector()}[{self.window}]))"
+        return f"sum by (arm) (increase({pm.ROUTE_REQUESTS.name}{self._selector()}[{self.window}]))"
 
     def failures(self) -> str:
         errors = "|".join(sorted(pm.SERVER_SIDE_ERRORS))
         selector = self._selector(f',error_type=~"{errors}"')
-        return f"sum by (arm) (increase({pm.REQUESTS.name}{selector}[{self.window}]))"
+        return f"sum by (arm) (increase({pm.ROUTE_REQUESTS.name}{selector}[{self.window}]))"
 
     def quantile(self, spec: pm.MetricSpec, q: float) -> str:
         bucket = spec.series[0]

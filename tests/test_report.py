@@ -258,7 +258,7 @@ def _cumulative(times: list[float], events: list[float]) -> list[int]:
 def openmetrics(end: float) -> str:
     """Every series the proxy would have exported, sampled each minute, as OpenMetrics."""
     times = _sample_times(end)
-    lines = [f"# TYPE {pm.REQUESTS.base} counter"]
+    lines = [f"# TYPE {pm.ROUTE_REQUESTS.base} counter"]
     histograms = {
         pm.REQUEST_DURATION: lambda duration, tpot: duration,
         pm.TIME_TO_FIRST_TOKEN: lambda duration, tpot: duration / 4,
@@ -271,7 +271,7 @@ def openmetrics(end: float) -> str:
             reqs = traffic.requests(end)
             for error in ("none", "upstream_5xx", "bad_request"):
                 counts = _cumulative(times, [t for t, e, _ in reqs if e == error])
-                name = pm.REQUESTS.name + _labels(**base, session="none", error_type=error)
+                name = pm.ROUTE_REQUESTS.name + _labels(route=route, arm=arm, model=base["model"], error_type=error)
                 lines += [f"{name} {c} {t:.0f}" for t, c in zip(times, counts)]
             for spec, value_of in histograms.items():
                 bucket, total, count = spec.series

@@ -138,3 +138,17 @@ def test_weight_extremes(weight):
     state = RouteState("chat", "s", "c", float(weight))
     assert {choose_arm(state, f"k{i}") for i in range(500)} == {"stable" if weight == 0 else "canary"}
 
+
+
+def test_route_series_exist_at_zero_before_the_first_request(httpserver, proxy_for):
+    # rate() and increase() cannot see the first increment of a series born at 1: the
+    # canary's first failures would be invisible to the rollback alert.
+    with proxy_for(routes=ROUTES) as p:
+        scraped = p.scrape()
+        for arm, model in (("stable", "qwen3:8b"), ("canary", "qwen3:8b-ft")):
+            for error_type in ("none", "upstream_5xx", "timeout", "connect", "stream_interrupted"):
+                key = ("ollama_proxy_route_requests_total",
+                       tuple(sorted({"route": "chat", "arm": arm, "model": model, "error_type": error_type}.items())))
+                assert scraped[key] == 0
+        for reason in ("admin", "config", "breaker", "reconcile", "promote", "resume"):
+            assert ("ollama_proxy_route_changes_total", (("reason", reason), ("route", "chat"))) in scraped
