@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 
 from exporter.cache import SingleFlightCache
 from exporter.collector import ExporterCollector
-from exporter.exposition import metrics_app
 from exporter.nvml_reader import NvmlReader
 from exporter.ollama_fetch import OllamaFetcher
 
@@ -43,7 +42,7 @@ class Exporter:
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self._metrics_app = metrics_app(self.registry)
+        self._metrics_app = make_wsgi_app(self.registry)
 
     def scrape(self) -> str:
         """The text exposition, as Prometheus would get it from /metrics."""

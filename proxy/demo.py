@@ -68,8 +68,13 @@ def _urls(stack: LocalStack) -> list[str]:
     return lines
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the demo cleanly too
+        signal.signal(sig, _interrupt)
     monitoring = monitoring_available() and not args.no_monitoring
     workdir = Path(tempfile.mkdtemp(prefix="ollama-sidecar-demo-"))
     breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     _say("ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n")
     if not monitoring:
         _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else
-             "not installed. The proxy's own circuit breaker will act.\n  For the full loop "
+             "not installed (or not run from the repository, whose provisioning/ holds their configs). "
+             "The proxy's own circuit breaker will act.\n  For the full loop "
              "(alert rule -> Alertmanager -> webhook): sudo apt-get install prometheus prometheus-alertmanager"))
     stack = LocalStack(options)
     traffic: TrafficDriver | None = None

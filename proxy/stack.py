@@ -32,6 +32,7 @@ PROVISIONING = REPO_ROOT / "provisioning"
 STABLE_MODEL = "qwen3:8b"
 CANARY_MODEL = "qwen3:8b-ft"
 ROUTE = "chat"
+SETPRIV = shutil.which("setpriv")
 
 
 def find_alertmanager() -> str | None:
@@ -39,7 +40,9 @@ def find_alertmanager() -> str | None:
 
 
 def monitoring_available() -> bool:
-    return bool(shutil.which("prometheus") and find_alertmanager())
+    """Prometheus and Alertmanager installed, and the shipped configs at hand (they live in
+    the repository's provisioning/, not in an installed wheel)."""
+    return bool(shutil.which("prometheus") and find_alertmanager() and (PROVISIONING / "prometheus").is_dir())
 
 
 def pick_port(preferred: int | None = None) -> int:
@@ -80,9 +83,13 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # Own session: Ctrl-C in the terminal reaches the demo, which stops children in order.
+        # Parent-death signal (util-linux setpriv): if the demo itself is killed outright,
+        # the kernel stops the children too, so no Prometheus outlives it on port 9090.
+        guard = [SETPRIV, "--pdeathsig", "TERM", "--"] if SETPRIV else []
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(guard + self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         log.close()
 
     def stop(self) -> None:

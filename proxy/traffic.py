@@ -66,10 +66,12 @@ class TrafficDriver:
     def one(self, http: requests.Session, session: str) -> Outcome:
         started = time.monotonic()
         body = {"model": self.route, "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+        arm, model, status = "", "", 0
         try:
             with http.post(self.url, json=body, headers={"X-Session-ID": session}, stream=True, timeout=30) as r:
                 arm = r.headers.get("X-Sidecar-Arm", "")
                 model = r.headers.get("X-Sidecar-Model", "")
+                status = r.status_code
                 completed, error = False, None
                 if r.status_code == 200:
                     for line in r.iter_lines():
@@ -82,7 +84,8 @@ class TrafficDriver:
                     error = r.text[:200]
                 return Outcome(started, time.monotonic(), session, arm, model, r.status_code, completed, error)
         except (requests.RequestException, ValueError) as exc:
-            return Outcome(started, time.monotonic(), session, "", "", 0, False, type(exc).__name__)
+            # A stream that broke after its headers still counts against the arm it was on.
+            return Outcome(started, time.monotonic(), session, arm, model, status, False, type(exc).__name__)
 
     def snapshot(self, since: float = 0.0) -> list[Outcome]:
         with self._lock:

@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 
 def nobody_listens(port: int) -> bool:
@@ -29,3 +30,24 @@ def test_demo_rolls_back_and_cleans_up_twice_in_a_row():
         ports = {int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", out)}
         assert len(ports) >= 3  # simulator, proxy, exporter
         assert all(nobody_listens(p) for p in ports)  # nothing outlived the demo
+
+
+def test_killing_the_demo_outright_leaves_no_component_running():
+    demo = subprocess.Popen([sys.executable, "-m", "proxy.cli", "demo", "--no-monitoring", "--linger", "60",
+                             "--fault-after", "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        ports: set[int] = set()
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if "simulator http://" in line:
+                ports = {int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", line)}
+                break
+        assert len(ports) == 3
+        assert not any(nobody_listens(p) for p in ports)  # all three are up
+    finally:
+        demo.kill()  # SIGKILL: no chance to clean up itself
+        demo.wait(10)
+    deadline = time.monotonic() + 15
+    while not all(nobody_listens(p) for p in ports):
+        assert time.monotonic() < deadline, "a component outlived the demo"
+        time.sleep(0.2)

@@ -100,7 +100,9 @@ def test_alert_rolls_back_the_canary_and_the_state_survives_a_restart(tmp_path):
 
 
 def test_breaker_rolls_back_before_the_alert_path(tmp_path):
-    breaker = {"window": 10, "min_requests": 5, "failure_ratio": 0.3}
+    # A short window: the breaker must win the race against the alert path (5-7 s) with a
+    # margin even on a loaded CI machine; ~2 s here.
+    breaker = {"window": 4, "min_requests": 5, "failure_ratio": 0.3}
     with LocalStack(StackOptions(workdir=tmp_path, breaker=breaker)) as stack:
         traffic, fault, flipped, state = run_until_rollback(stack)
         print(f"\nbreaker: rolled back {flipped - fault:.1f}s after the fault")

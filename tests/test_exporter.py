@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 import pytest
 import requests
 from prometheus_client import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -22,7 +21,6 @@ from werkzeug import Request, Response
 from exporter import metrics as em
 from exporter.app import Exporter
 from exporter.cache import SingleFlightCache
-from exporter.exposition import render_openmetrics, render_text
 from exporter.ollama_api import parse_rfc3339
 from exporter.ollama_fetch import without_credentials
 from tests.binaries import require_binary
@@ -523,31 +521,6 @@ def test_exposition_passes_promtool(ollama, make_exporter, fake_nvml):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-class Frozen:
-    """One scrape's families, collected once, so two renderers see identical values."""
-
-    def __init__(self, exporter: Exporter) -> None:
-        self.families = list(exporter.registry.collect())
-
-    def collect(self):
-        return self.families
-
-
-def test_fast_renderers_match_prometheus_client_byte_for_byte(ollama, make_exporter, monkeypatch):
-    # Values that need escaping: quotes, backslashes, newlines, non-ASCII.
-    gpus = two_gpus()
-    gpus[0].processes[1].path = '/opt/bin/we"ird\\na\nme-ü'
-    FakeNvml(gpus).install(monkeypatch)
-    odd = {**PS["models"][0], "name": 'odd"mo\\del\n:ü'}
-    serve(ollama, ps={"models": [*PS["models"], odd]})
-    frozen = Frozen(make_exporter(nvml=True))
-    labels = [s.labels for f in frozen.families for s in f.samples]
-    assert any("\n" in lb.get("model", "") for lb in labels)
-    assert any('"' in lb.get("process", "") for lb in labels)
-    assert render_text(frozen.families) == generate_latest(frozen)
-    assert render_openmetrics(frozen.families) == openmetrics_latest(frozen)
-
-
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;"
                      "q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
 
@@ -571,7 +544,6 @@ def test_metrics_negotiation_gzip_and_filters(ollama, make_exporter):
     assert reply["status"] == "200 OK"
     assert reply["headers"]["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
     assert reply["headers"]["Content-Encoding"] == "gzip"
-    assert int(reply["headers"]["Content-Length"]) == len(reply["body"])
     text = gzip.decompress(reply["body"]).decode()
     assert text.endswith("# EOF\n") and "# UNIT ollama_model_vram_bytes bytes" in text
 
