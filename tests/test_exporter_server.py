@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from proxy import __version__
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_real_nvml_and_no_ollama_still_serves(start):
     text = reply.text
     assert value(text, "ollama_up") == 0
     assert value(text, "ollama_scrape_errors_total", endpoint="ps") == 2
-    assert value(text, "ollama_exporter_build_info", version="0.1.0") == 1
+    assert value(text, "ollama_exporter_build_info", version=__version__) == 1
     if real_nvml_works():
         assert value(text, "nvml_up") == 1 and series(text, "gpu_info")
     else:  # this project's CI: no GPU, the real library raises NVMLError_LibraryNotFound
