@@ -37,7 +37,7 @@ from proxy.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats
 from proxy.passthrough import Passthrough
 from proxy.routing import DIRECT_ROUTE, Decision, RouteTable
 from proxy.sessions import extract_session, session_hash
-from proxy.upstream import Upstream, forward_headers
+from proxy.upstream import Upstream, forward_headers, relay_chunks
 
 access_log = logging.getLogger("ollama_sidecar.access")
 log = logging.getLogger("ollama_sidecar.proxy")
@@ -268,7 +268,6 @@ class Forwarder:
                             endpoint: Endpoint, stats: ReplyStats, strip_usage: bool) -> str | None:
         """Relay a stream; returns the error_type if it did not end properly."""
         await out.prepare(request)
-        loop = asyncio.get_running_loop()
         idle = self.config.timeouts.idle
         max_line = self.config.max_line_bytes
         sse = endpoint.protocol == "openai"
@@ -276,27 +275,26 @@ class Forwarder:
         framer: Any = ForwardingFramer(max_line) if strip_usage else LineFramer(max_line)
         error_type: str | None = None
         message = ""
+
+        async def relay_raw(chunk: bytes) -> None:
+            now = time.perf_counter()
+            await out.write(chunk)
+            for line in framer.feed(chunk):
+                observer.line(line, now)
+
+        async def relay_edited(chunk: bytes) -> None:
+            now = time.perf_counter()
+            keep = []
+            for piece, parse in framer.feed(chunk):
+                if not parse:
+                    keep.append(piece)
+                elif (kept := observer.line(piece[:-1], now)) is not None:
+                    keep.append(kept + b"\n")
+            if keep:
+                await out.write(b"".join(keep))
+
         try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(loop.time() + idle)
-                    chunk = await resp.content.readany()
-                    if not chunk:
-                        break
-                    now = time.perf_counter()
-                    if strip_usage:
-                        keep = []
-                        for piece, parse in framer.feed(chunk):
-                            if not parse:
-                                keep.append(piece)
-                            elif (kept := observer.line(piece[:-1], now)) is not None:
-                                keep.append(kept + b"\n")
-                        if keep:
-                            await out.write(b"".join(keep))
-                    else:
-                        await out.write(chunk)
-                        for line in framer.feed(chunk):
-                            observer.line(line, now)
+            await relay_chunks(resp, idle, relay_edited if strip_usage else relay_raw)
         except TimeoutError:
             error_type = "timeout"
             message = f"upstream Ollama sent nothing for {idle:g}s (timeouts.idle); stream ended by the proxy"

@@ -23,7 +23,7 @@ from proxy.errors import ProxyError, classify_upstream_status, error_response
 from proxy.instrument import Recorder
 from proxy.observe import endpoint_label
 from proxy.routing import DIRECT_ROUTE, RouteTable
-from proxy.upstream import Upstream, forward_headers
+from proxy.upstream import Upstream, forward_headers, relay_chunks
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -87,16 +87,8 @@ class Passthrough:
         if length is not None:
             out.content_length = length
         await out.prepare(request)
-        loop = asyncio.get_running_loop()
-        idle = self.upstream.timeouts.idle
         try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(loop.time() + idle)
-                    chunk = await resp.content.readany()
-                    if not chunk:
-                        break
-                    await out.write(chunk)
+            await relay_chunks(resp, self.upstream.timeouts.idle, out.write)
         except (aiohttp.ClientError, TimeoutError):
             # The status line went out already: the only honest signal left is to break the
             # connection, so the client sees a truncated reply instead of a complete one.

@@ -8,7 +8,7 @@ connection"), so the two forwarding paths never translate aiohttp exceptions the
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -98,3 +98,19 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise ProxyError(502, "stream_interrupted", f"upstream Ollama at {upstream} closed the "
                              f"connection mid-reply ({type(exc).__name__})") from None
+
+
+async def relay_chunks(resp: aiohttp.ClientResponse, idle: float,
+                       handle: Callable[[bytes], Awaitable[None]]) -> None:
+    """Hand each chunk of ``resp`` to ``handle`` as it arrives; TimeoutError when the
+    upstream is silent for ``idle`` seconds. The clock runs only while waiting for the
+    upstream: a slow client (``handle`` waiting on backpressure) is not the upstream's fault."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as deadline:
+        while True:
+            deadline.reschedule(loop.time() + idle)
+            chunk = await resp.content.readany()
+            deadline.reschedule(None)
+            if not chunk:
+                return
+            await handle(chunk)

@@ -304,3 +304,24 @@ def test_access_log_has_one_json_line_per_request_and_no_prompt_or_session_id(ht
     assert entry["completion_tokens"] == 15 and entry["ttft"] is not None
     assert entry["session"] == session_hash("alice@example.com")
     assert secret_prompt not in lines[0] and "alice" not in lines[0] and "hunter2" not in caplog.text
+
+
+def test_a_slow_client_is_not_mistaken_for_an_idle_upstream(httpserver, proxy_for):
+    # A client that stops reading for a second: the proxy waits on it (backpressure)
+    # longer than timeouts.idle, but the upstream was never idle, so nothing times out.
+    body = ndjson(chat_chunks(MODEL, ["x" * 4000] * 3000))  # 12 MB: more than socket buffers hold
+    httpserver.expect_request("/api/chat").respond_with_handler(lambda r: stream_response(pieces(body, 65536)))
+    with proxy_for(timeouts={"idle": 0.3}) as p:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.connect(("127.0.0.1", int(p.url.rsplit(":", 1)[1])))
+        payload = json.dumps({"model": MODEL, "messages": []}).encode()
+        client.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        received = client.recv(65536)
+        time.sleep(1.0)  # the reader looks away
+        while chunk := client.recv(1 << 20):
+            received += chunk
+        client.close()
+        assert b'"done":true' in received and b"sent nothing" not in received
+        assert p.value("ollama_proxy_requests_total", error_type="none") == 1
