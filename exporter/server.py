@@ -19,26 +19,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from exporter.app import Exporter
 from proxy import __version__
+from proxy.listen import parse_listen
 from proxy.ollama_host import resolve_ollama_url
 
 log = logging.getLogger("exporter")
 
 DEFAULT_LISTEN = "127.0.0.1:9101"
 LISTEN_ENV = "OLLAMA_EXPORTER_LISTEN"
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) → (host, port)."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-        if ":" in host:
-            sep = ""  # a bare IPv6 address needs brackets to carry a port
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen wants HOST:PORT (e.g. 127.0.0.1:9101 or [::1]:9101), got {value!r}")
-    return host or "0.0.0.0", int(port)
 
 
 def _listen(value: str) -> tuple[str, int]:

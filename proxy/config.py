@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from proxy.listen import parse_listen
 from proxy.ollama_host import parse_ollama_host, resolve_ollama_url
 
 DEFAULT_LISTEN = "127.0.0.1:11435"
@@ -136,9 +137,10 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], prefix: str) -> None
 
 def _listen(value: Any, key: str) -> str:
     text = _string(value, key)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(key, f"must be HOST:PORT, got {text!r}")
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
     return text
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy.app import build_app
 from proxy.config import ConfigError, load_config
+from proxy.listen import parse_listen
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -30,11 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
@@ -70,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ollama-sidecar proxy: config error: {exc}", file=sys.stderr)
         return 2
-    host, port = split_listen(config.listen)
+    host, port = parse_listen(config.listen)
     app = build_app(config, overrides=overrides)
     log.info("proxy listening on http://%s:%d, forwarding to %s (metrics at /metrics)",
              host, port, config.upstream)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
+from proxy.listen import parse_listen
 from proxy.ollama_host import parse_ollama_host
 
 
@@ -73,3 +74,22 @@ def test_the_shipped_compose_proxy_config_is_valid(tmp_path):
     cfg = load_config("compose/proxy.yaml", environ={"OLLAMA_SIDECAR_ADMIN_TOKEN_FILE": str(token)})
     assert cfg.listen == "0.0.0.0:11435" and cfg.upstream == "http://ollama:11434"
     assert cfg.routes["chat"].canary and cfg.alertmanager_url == "http://alertmanager:9093"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:9101", ("127.0.0.1", 9101)),
+    ("[::1]:9101", ("::1", 9101)),
+    (":9101", ("127.0.0.1", 9101)),  # no host given: loopback, never every interface
+    ("0.0.0.0:11435", ("0.0.0.0", 11435)),
+    ("exporter.internal:0", ("exporter.internal", 0)),
+])
+def test_listen_addresses_are_read_alike_by_every_command(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9101", "host:", "host:port", "::1:9101", "h:70000"])
+def test_bad_listen_addresses_are_refused(text):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_listen(text)
+    with pytest.raises(ConfigError, match="^listen:"):
+        parse_config({"listen": text}, environ={})

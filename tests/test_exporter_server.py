@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-from proxy import __version__
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from exporter import server
+from proxy import __version__
 from tests.test_exporter import serve, series, threaded_server, value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,22 +151,6 @@ def test_listen_address_in_use_is_a_clear_error():
             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:9101", ("127.0.0.1", 9101)),
-    ("[::1]:9101", ("::1", 9101)),
-    (":9101", ("0.0.0.0", 9101)),
-    ("exporter.internal:0", ("exporter.internal", 0)),
-])
-def test_listen_addresses(text, expected):
-    assert server.parse_listen(text) == expected
-
-
-@pytest.mark.parametrize("text", ["9101", "host:", "host:port", "::1:9101", "h:70000"])
-def test_bad_listen_addresses_are_refused(text):
-    with pytest.raises(ValueError, match="HOST:PORT"):
-        server.parse_listen(text)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

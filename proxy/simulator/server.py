@@ -7,15 +7,16 @@ import sys
 
 from aiohttp import web
 
+from proxy.listen import parse_listen
 from proxy.simulator.app import build_app
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, ProfileError, load_profiles
 
 
 def _host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
