@@ -483,3 +483,11 @@ def test_cli_serves_and_refuses_bad_profiles(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_stream_flag_must_be_a_boolean_as_in_go(url):
+    r = post(url, "/api/chat", {"model": "stable", "messages": [{"role": "user", "content": "x"}], "stream": "false"})
+    assert r.status_code == 400 and "of type bool" in r.json()["error"]
+    r = post(url, "/v1/chat/completions", {"model": "stable", "messages": [{"role": "user", "content": "x"}],
+                                            "stream": 0})
+    assert r.status_code == 400 and "of type bool" in r.json()["error"]["message"]

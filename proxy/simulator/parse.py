@@ -47,7 +47,15 @@ async def read_body(request: web.Request, error: ErrorFn, empty_message: str = "
         raise BadRequest(error(400, _go_json_error(text, exc))) from None
     if not isinstance(body, dict):
         raise BadRequest(error(400, f"json: cannot unmarshal {type(body).__name__} into Go value of type api.Request"))
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        # Go decodes into *bool: "false" (a string) is an error, not a false.
+        raise BadRequest(error(400, f"json: cannot unmarshal {_go_type(stream)} into Go struct field .stream of type bool"))
     return body
+
+
+def _go_type(value: Any) -> str:
+    return {str: "string", int: "number", float: "number", list: "array", dict: "object"}.get(type(value), "value")
 
 
 def require_model(state: SimulatorState, body: dict[str, Any], error: ErrorFn, key: str = "model") -> tuple[str, str]:
@@ -85,8 +93,8 @@ def keep_alive_seconds(value: Any, error: ErrorFn) -> float | None:
 
 
 def stream_flag(body: dict[str, Any], default: bool) -> bool:
-    value = body.get("stream")
-    return default if value is None else bool(value)
+    value = body.get("stream")  # a bool or None: read_body refused anything else
+    return default if value is None else value
 
 
 def num_predict(body: dict[str, Any]) -> int | None:
