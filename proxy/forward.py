@@ -15,6 +15,7 @@ upstream connection at once so Ollama stops generating for nobody.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -196,10 +197,12 @@ class Forwarder:
             return error_response(path, ProxyError(500, "internal", "internal error in ollama-sidecar; "
                                                    "see the proxy's log"))
         finally:
-            if error_type == "model_not_found" and admitted:
+            if error_type == "model_not_found" and decision.route == DIRECT_ROUTE:
                 # Ollama does not know it: no series for a typo or a scanner's guess.
-                self.recorder.release_model(decision.model)
-                self.recorder.metrics.in_flight.remove(decision.route, decision.arm, model_label)
+                if admitted:
+                    self.recorder.release_model(decision.model)
+                    with contextlib.suppress(KeyError):
+                        self.recorder.metrics.in_flight.remove(decision.route, decision.arm, model_label)
                 model_label = "unknown"
             duration = time.perf_counter() - start
             self.recorder.request(path, decision.route, decision.arm, model_label, session_label,
