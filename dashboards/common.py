@@ -1,8 +1,10 @@
 """Building blocks shared by every dashboard: the pinned datasource, variables, panels.
 
-Every panel, target, annotation and variable names the datasource by its pinned uid, so a
-provisioned dashboard works on first load and never points at a datasource that Grafana
-renamed. Panels are laid out by :class:`Layout` (rows of panels on the 24-column grid).
+Every panel, target, annotation and query variable reads the ``datasource`` variable, whose
+default is the provisioned datasource's pinned uid: a provisioned dashboard works on first
+load and never points at a datasource Grafana renamed, and a team with several Prometheus
+servers can still switch. Panels are laid out by :class:`Layout` (rows of panels on the
+24-column grid).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from grafanalib._gen import DashboardEncoder
 
 from proxy import metrics as pm
 
-DATASOURCE_UID = "ollama-sidecar-prometheus"
-DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
+DATASOURCE_UID = "ollama-sidecar-prometheus"  # pinned in provisioning/grafana/datasources/
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}  # the variable, defaulting to the pin
 
 # Label matchers every proxy query carries so the variables filter it.
 PROXY_FILTER = 'instance=~"$instance", route=~"$route", model=~"$model"'

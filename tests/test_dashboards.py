@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dashboards import uids
-from dashboards.common import DATASOURCE
+from dashboards.common import DATASOURCE, DATASOURCE_UID
 from dashboards.render import rendered_files
 from exporter import metrics as em
 from proxy import metrics as pm
@@ -58,7 +58,9 @@ def test_every_panel_has_a_unit(name):
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
-def test_every_panel_target_annotation_and_variable_uses_the_pinned_datasource(name):
+def test_every_panel_target_annotation_and_variable_reads_the_datasource_variable(name):
+    # ...whose default is the pinned uid (next test): works on first load, switchable after.
+    assert DATASOURCE == {"type": "prometheus", "uid": "${datasource}"}
     dash = DASHBOARDS[name]
     for p in _panels(dash):
         assert p["datasource"] == DATASOURCE, p["title"]
@@ -78,7 +80,7 @@ def test_variables_datasource_instance_route_model(name):
     assert [v["name"] for v in variables] == ["datasource", "instance", "route", "model"]
     ds = variables[0]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    assert ds["current"]["value"] == DATASOURCE["uid"]
+    assert ds["current"]["value"] == DATASOURCE_UID  # the default: the provisioned, pinned uid
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
