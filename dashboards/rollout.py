@@ -54,6 +54,15 @@ FIRING_ALERTS_ANNOTATION = {
 }
 
 
+
+def changes_in_range(by: str) -> str:
+    """Route changes in the dashboard's range. A reason's series is born at 1 on its first
+    change (``alert:<name>`` cannot be created at 0 in advance), and increase() cannot see a
+    series' first increment: series that existed at the start of the range count their
+    increase, series born inside it count their whole value."""
+    x = f'{pm.ROUTE_CHANGES.name}{{route=~"$route"}}'
+    return f"sum{f' by ({by})' if by else ''} ((increase({x}[$__range]) and {x} offset $__range) or {x})"
+
 def build() -> g.Dashboard:
     lay = c.Layout()
     lay.row(
@@ -70,7 +79,7 @@ def build() -> g.Dashboard:
                 steps=c.thresholds(("green", None), ("orange", PRODUCTION.canary_error_ratio)),
                 description="The in-process circuit breaker's own window (only when it is enabled)."), 6),
         (c.stat("Route changes in range",
-                (f'sum(increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]) or ({pm.ROUTE_CHANGES.name}{{route=~"$route"}} unless {pm.ROUTE_CHANGES.name}{{route=~"$route"}} offset $__range))', "changes"),
+                (changes_in_range(""), "changes"),
                 "short", steps=c.thresholds(("green", None), ("orange", 1))), 6),
         height=4,
     )
@@ -116,7 +125,7 @@ def build() -> g.Dashboard:
     lay.row(
         "Decisions",
         (c.table("Route changes in range by reason",
-                 [(f'sum by (route, reason) (increase({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[$__range]) or ({pm.ROUTE_CHANGES.name}{{route=~"$route"}} unless {pm.ROUTE_CHANGES.name}{{route=~"$route"}} offset $__range))',
+                 [(changes_in_range("route, reason"),
                    "Changes")], "short", sort_by="Changes",
                  description="admin, config, alert:<name>, breaker, reconcile, promote, resume."), 12),
         (c.table("Models per route now",

@@ -42,9 +42,9 @@ def validate_state(data: dict[str, Any]) -> None:
             raise ValueError(f"{where}.stable is not a model name")
         if fields.get("canary") is not None and not isinstance(fields["canary"], str):
             raise ValueError(f"{where}.canary is not a model name")
-        for key in ("weight", "weight_before_rollback"):
+        for key, optional in (("weight", False), ("weight_before_rollback", True)):
             value = fields.get(key)
-            if value is not None and (not _finite(value) or not 0 <= value <= 100):
+            if (value is None and not optional) or (value is not None and (not _finite(value) or not 0 <= value <= 100)):
                 raise ValueError(f"{where}.{key} is not a weight between 0 and 100")
         if not isinstance(fields.get("rolled_back"), bool):
             raise ValueError(f"{where}.rolled_back is not true or false")

@@ -130,6 +130,8 @@ class Forwarder:
             body = json.loads(raw)
         except ValueError as exc:
             raise ProxyError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ProxyError(400, "bad_request", "request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "bad_request", "request body must be a JSON object")
         model = body.get("model")
@@ -197,10 +199,12 @@ class Forwarder:
             return error_response(path, ProxyError(500, "internal", "internal error in ollama-sidecar; "
                                                    "see the proxy's log"))
         finally:
-            if error_type == "model_not_found" and decision.route == DIRECT_ROUTE:
-                # Ollama does not know it: no series for a typo or a scanner's guess.
+            if decision.route == DIRECT_ROUTE and (
+                    error_type == "model_not_found" or (admitted and not 200 <= status < 300)):
+                # A name Ollama has not confirmed (a typo, a scanner's guess, a request that
+                # failed before Ollama could say) gets no series of its own and keeps no slot.
+                self.recorder.release_model(decision.model)
                 if admitted:
-                    self.recorder.release_model(decision.model)
                     with contextlib.suppress(KeyError):
                         self.recorder.metrics.in_flight.remove(decision.route, decision.arm, model_label)
                 model_label = "unknown"
@@ -298,16 +302,23 @@ class Forwarder:
 
         try:
             await relay_chunks(resp, idle, relay_edited if strip_usage else relay_raw)
+        except ConnectionResetError:
+            # The client went away while we wrote: stop the upstream generation now.
+            resp.close()
+            raise asyncio.CancelledError() from None
         except TimeoutError:
             error_type = "timeout"
             message = f"upstream Ollama sent nothing for {idle:g}s (timeouts.idle); stream ended by the proxy"
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             error_type = "stream_interrupted"
             message = f"upstream Ollama closed the stream early ({type(exc).__name__})"
-        except ConnectionResetError:
-            # The client went away while we wrote: stop the upstream generation now.
+        except Exception:
+            # A bug of ours after the status line went out: end the stream in the client's
+            # protocol rather than writing a second response into it.
+            log.exception("internal error relaying a stream on %s", endpoint.name)
             resp.close()
-            raise asyncio.CancelledError() from None
+            error_type = "internal"
+            message = "internal error in ollama-sidecar; see the proxy's log"
         tail = framer.flush()
         if tail:
             kept = observer.line(tail, time.perf_counter())

@@ -89,7 +89,11 @@ class Passthrough:
         await out.prepare(request)
         try:
             await relay_chunks(resp, self.upstream.timeouts.idle, out.write)
-        except (aiohttp.ClientError, TimeoutError):
+        except ConnectionResetError:
+            raise  # the client left (aiohttp's reset is a ClientError too): not the upstream's doing
+        except Exception as exc:  # upstream broke, went silent, or (logged) a bug of ours
+            if not isinstance(exc, (aiohttp.ClientError, TimeoutError)):
+                log.exception("internal error relaying %s", request.path)
             # The status line went out already: the only honest signal left is to break the
             # connection, so the client sees a truncated reply instead of a complete one.
             if request.transport is not None:
@@ -105,7 +109,7 @@ class Passthrough:
         headers = forward_headers(request.headers, drop)
         routes = self.routes.aliases()
         if routes and request.method == "POST" and request.path == "/api/show" \
-                and (request.content_length or 0) <= SHOW_LIMIT:
+                and request.content_length is not None and request.content_length <= SHOW_LIMIT:
             raw = await request.read()
             try:
                 body = json.loads(raw)

@@ -32,7 +32,21 @@ PROVISIONING = REPO_ROOT / "provisioning"
 STABLE_MODEL = "qwen3:8b"
 CANARY_MODEL = "qwen3:8b-ft"
 ROUTE = "chat"
-SETPRIV = shutil.which("setpriv")
+
+
+def _setpriv_with_pdeathsig() -> str | None:
+    """util-linux setpriv, if it knows --pdeathsig (2.33 and later)."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        ok = subprocess.run([path, "--pdeathsig", "TERM", "--", "true"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return path if ok else None
+
+
+SETPRIV = _setpriv_with_pdeathsig()
 
 
 def find_alertmanager() -> str | None:

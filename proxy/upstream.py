@@ -65,8 +65,10 @@ class Upstream:
         assert self.session is not None
         t = self.timeouts
         url = URL(upstream + request.raw_path, encoded=True)
+        # aiohttp's sock_read bounds every read of the reply, headers and body alike: the
+        # larger of the two limits, so a quiet /api/pull is not cut sooner than `idle`.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect,
-                                        sock_read=t.first_byte if streaming_body else None)
+                                        sock_read=max(t.first_byte, t.idle) if streaming_body else None)
         try:
             if streaming_body:
                 return await self.session.request(request.method, url, data=data, headers=headers,

@@ -370,7 +370,8 @@ def _up(url):
 # --- review follow-ups: state and reload edge cases --------------------------------------------
 
 @pytest.mark.parametrize("fields", [
-    {"weight": "abc"}, {"weight": 500}, {"stable": 5}, {"rolled_back": "false"}, {"since": "yesterday"},
+    {"weight": "abc"}, {"weight": 500}, {"weight": None}, {"stable": 5}, {"rolled_back": "false"},
+    {"since": "yesterday"},
 ])
 def test_state_file_with_untrustworthy_values_is_moved_aside(admin_proxy, tmp_path, fields):
     with admin_proxy() as p:

@@ -148,3 +148,39 @@ def test_sessions_dashboard_shows_top_sessions_other_share_and_evictions():
     assert pm.SESSION_LABELS_EVICTED.name in exprs
     tables = [p for p in _panels(dash) if p["type"] == "table"]
     assert tables and all(t["instant"] for p in tables for t in p["targets"])
+
+
+def test_route_changes_in_range_count_a_reason_born_inside_the_range(tmp_path):
+    """The first rollback by an alert creates its series at 1; the dashboard must count it."""
+    import subprocess
+
+    import yaml
+
+    from dashboards.rollout import changes_in_range
+    from tests.binaries import require_binary
+
+    promtool = require_binary("promtool")
+    expr = changes_in_range("route, reason").replace("$__range", "10m").replace("$route", ".*")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(
+        {"groups": [{"name": "t", "rules": [{"record": "changes_in_range", "expr": expr}]}]}))
+    name = pm.ROUTE_CHANGES.name
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                # counted for an hour: two admin changes in the last 10 minutes
+                {"series": f'{name}{{route="chat",reason="admin"}}', "values": "0x50 1x4 2x4 3x10"},
+                # born at 1 at minute 55 (first alert rollback), 2 at minute 58
+                {"series": f'{name}{{route="chat",reason="alert:OllamaCanaryErrorRateHigh"}}',
+                 "values": "_x55 1x2 2x10"},
+            ],
+            "promql_expr_test": [{"expr": "changes_in_range", "eval_time": "60m", "exp_samples": [
+                {"labels": 'changes_in_range{route="chat",reason="admin"}', "value": 2},
+                {"labels": 'changes_in_range{route="chat",reason="alert:OllamaCanaryErrorRateHigh"}', "value": 2},
+            ]}],
+        }],
+    }))
+    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

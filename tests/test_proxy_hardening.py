@@ -10,6 +10,7 @@ import time
 import requests
 from werkzeug import Request, Response
 
+from proxy.observe import NativeStreamObserver
 from proxy.sessions import SessionLabels
 from tests.ollama_fake import chat_chunks, ndjson, openai_chat_handler, sse_chat, stream_response
 from tests.test_proxy_streaming import HEAD, RawUpstream, _chunk, _read_request
@@ -179,3 +180,56 @@ def test_concurrent_first_requests_for_one_model_share_one_label(httpserver, pro
         for t in threads:
             t.join()
         assert p.value("ollama_proxy_requests_total", model=MODEL) == 10
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(httpserver, proxy_for):
+    with proxy_for() as p:
+        r = requests.post(f"{p.url}/api/chat", data=b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+        assert p.value("ollama_proxy_requests_total", error_type="bad_request") == 1
+
+
+def test_a_bug_mid_stream_ends_the_stream_in_protocol_instead_of_a_second_response(httpserver, proxy_for,
+                                                                                      monkeypatch):
+    body = ndjson(chat_chunks(MODEL, ["a", "b", "c"]))
+    httpserver.expect_request("/api/chat").respond_with_handler(lambda r: stream_response([body[:60], body[60:]]))
+    calls = {"n": 0}
+    original = NativeStreamObserver.line
+
+    def flaky(self, line, now):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("bug")
+        return original(self, line, now)
+
+    monkeypatch.setattr(NativeStreamObserver, "line", flaky)
+    with proxy_for() as p:
+        r = requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []})
+        assert r.status_code == 200 and b"HTTP/1.1" not in r.content
+        assert "internal error" in json.loads(r.content.splitlines()[-1])["error"]
+        assert p.value("ollama_proxy_requests_total", error_type="internal") == 1
+
+
+def test_a_new_model_name_that_never_succeeded_keeps_no_label(proxy_for):
+    from tests.conftest import free_port
+    with proxy_for(upstream=f"http://127.0.0.1:{free_port()}", model_label_cap=1) as p:
+        for i in range(5):
+            requests.post(f"{p.url}/api/chat", json={"model": f"name-{i}", "messages": []})
+        models = {dict(k[1])["model"] for k in p.scrape() if k[0] == "ollama_proxy_requests_total"}
+        assert models == {"unknown"}  # an outage does not fill the cap with unconfirmed names
+
+
+def test_the_recorder_re_admits_a_session_at_the_end_of_a_request():
+    from proxy.config import parse_config
+    from proxy.instrument import Recorder
+    from proxy.metrics import ProxyMetrics
+    recorder = Recorder(ProxyMetrics(), parse_config({"session_label_cap": 1}, environ={}))
+    clock = [0.0]
+    recorder.sessions._clock = lambda: clock[0]
+    label = recorder.session_label("long-stream")
+    clock[0] = 2000.0  # past the TTL: evicted as soon as someone else arrives
+    assert recorder.session_label("newcomer") == "newcomer"
+    recorder.request("/api/chat", "none", "direct", MODEL, label, "none", 1.0, None)
+    sessions = {s.labels["session"] for f in recorder.metrics.registry.collect()
+                if f.name == "ollama_proxy_requests" for s in f.samples}
+    assert sessions == {"other"}  # not "long-stream": the cap holds
