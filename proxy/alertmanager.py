@@ -15,10 +15,13 @@ converges on the same state.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
+import re
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -26,6 +29,17 @@ from proxy.control import ControlPlane, RouteError
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.alertmanager")
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_time(text: str) -> float | None:
+    """Unix time of an RFC 3339 timestamp as Alertmanager writes it (nanoseconds, ``Z``)."""
+    try:
+        return datetime.datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class PayloadError(ValueError):
@@ -117,11 +131,16 @@ def handle_notification(control: ControlPlane, metrics: ProxyMetrics, alerts: li
 class Reconciler:
     """Polls Alertmanager's API for active rollback alerts."""
 
-    def __init__(self, control: ControlPlane, metrics: ProxyMetrics, url: str, interval: float) -> None:
+    def __init__(self, control: ControlPlane, metrics: ProxyMetrics, url: str, interval: float,
+                 grace: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.control = control
         self.metrics = metrics
         self.url = url.rstrip("/")
         self.interval = interval
+        # The webhook is the fast path; reconcile is for webhooks that were lost. Acting on
+        # an alert younger than this would race the webhook and blur which path acted.
+        self.grace = grace
+        self.clock = clock
         self._failing = False
 
     async def once(self, session: aiohttp.ClientSession) -> int:
@@ -157,6 +176,9 @@ class Reconciler:
                 alert = parse_alert(raw, f"[{i}]", status="firing")
             except PayloadError:
                 continue
+            started = parse_time(alert.starts_at)
+            if started is not None and self.clock() - started < self.grace:
+                continue  # its webhook is probably on the way; look again next poll
             if handle_alert(self.control, alert, via="reconcile") == "applied":
                 applied += 1
         return applied

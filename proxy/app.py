@@ -77,7 +77,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload)
         if config.alertmanager_url:
-            reconciler = Reconciler(control, metrics, config.alertmanager_url, config.reconcile_interval)
+            reconciler = Reconciler(control, metrics, config.alertmanager_url, config.reconcile_interval,
+                                    config.reconcile_grace)
             assert forwarder.session is not None
             tasks.append(asyncio.create_task(reconciler.run(forwarder.session)))
         yield

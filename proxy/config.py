@@ -85,6 +85,7 @@ class ProxyConfig:
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
     alertmanager_url: str | None = None
     reconcile_interval: float = 15.0
+    reconcile_grace: float = 10.0  # leave an alert this long to its webhook before acting on it
     reload_interval: float = 2.0
     access_log: bool = True
     config_path: str | None = None
@@ -214,7 +215,7 @@ def _read_secret_file(path: str, key: str) -> str:
 TOP_LEVEL_KEYS = {
     "listen", "upstream", "models", "routes", "state_file", "session_sources", "session_label_cap",
     "session_label_ttl", "model_label_cap", "timeouts", "max_body_bytes", "max_line_bytes", "admission", "admin",
-    "auth", "alertmanager_url", "reconcile_interval", "reload_interval", "access_log",
+    "auth", "alertmanager_url", "reconcile_interval", "reconcile_grace", "reload_interval", "access_log",
 }
 
 
@@ -300,6 +301,7 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
         admin_token=admin_token,
         api_keys=frozenset(keys),
         alertmanager_url=None if am_url is None else _string(am_url, "alertmanager_url").rstrip("/"),
+        reconcile_grace=_number(data.get("reconcile_grace", d.reconcile_grace), "reconcile_grace", minimum=0),
         reconcile_interval=_number(data.get("reconcile_interval", d.reconcile_interval), "reconcile_interval",
                                    minimum=0.1),
         reload_interval=_number(data.get("reload_interval", d.reload_interval), "reload_interval", minimum=0.1),

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ollama-sidecar-demo-"))
     breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
     options = StackOptions(workdir=workdir, canary_weight=50, breaker=breaker, monitoring=monitoring,
-                           reconcile_interval=5.0, preferred_ports=True)
+                           reconcile_interval=15.0, preferred_ports=True)
     _say("ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n")
     if not monitoring:
         _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else

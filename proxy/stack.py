@@ -79,6 +79,7 @@ class StackOptions:
     monitoring: bool = True  # Prometheus + Alertmanager
     webhook_reachable: bool = True  # False: Alertmanager's webhook points at a dead port
     reconcile_interval: float | None = None  # set: the proxy polls Alertmanager's API
+    reconcile_grace: float = 2.0  # how long reconcile leaves a new alert to its webhook
     preferred_ports: bool = False  # try 11434/11435/9101/9090/9093 first (the demo)
     profiles: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         STABLE_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 60, "output_tokens": 12,
@@ -180,6 +181,7 @@ class LocalStack:
         if self.options.reconcile_interval is not None and self.monitoring:
             config["alertmanager_url"] = self.url("alertmanager")
             config["reconcile_interval"] = self.options.reconcile_interval
+            config["reconcile_grace"] = self.options.reconcile_grace
         return config
 
     def prometheus_config(self) -> dict[str, Any]:

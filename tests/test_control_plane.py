@@ -449,3 +449,22 @@ def test_cli_reports_a_missing_token_file_without_a_traceback(admin_proxy, tmp_p
         r = _cli(p, "status", "--token-file", str(tmp_path / "nope"))
         assert r.returncode == 2 and "cannot read the admin token file" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_reconcile_leaves_a_new_alert_to_its_webhook_for_the_grace_period(httpserver):
+    from datetime import datetime, timezone
+
+    from pytest_httpserver import HTTPServer
+    am = HTTPServer(host="127.0.0.1", port=free_port())
+    am.start()
+    try:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"  # nanoseconds, as AM writes
+        am.expect_request("/api/v2/alerts").respond_with_json([dict(alert(starts=now), status={"state": "active"})])
+        settings = {"upstream": httpserver.url_for("/"), "access_log": False, "routes": {"chat": ROUTE},
+                    "alertmanager_url": am.url_for("/"), "reconcile_interval": 0.1, "reconcile_grace": 1.5}
+        with running_proxy(settings) as p:
+            wait_for(lambda: p.value("ollama_proxy_alertmanager_reconciles_total", outcome="ok") >= 3)
+            assert p.value("ollama_proxy_route_rolled_back", route="chat") == 0  # still within the grace
+            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1)
+    finally:
+        am.stop()
