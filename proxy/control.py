@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from proxy.config import ProxyConfig, RouteConfig
+from proxy.instrument import canonical_model
 from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, ProxyMetrics
 from proxy.routing import RouteState, RouteTable
 from proxy.state import StateFile
@@ -148,7 +149,7 @@ class ControlPlane:
         for arm, model in (("stable", state.stable), ("canary", state.canary)):
             if model:
                 for error_type in ("none", *sorted(SERVER_SIDE_ERRORS)):
-                    m.route_requests.labels(state.name, arm, model, error_type)
+                    m.route_requests.labels(state.name, arm, canonical_model(model), error_type)
         for reason in ROUTE_CHANGE_REASONS:
             m.route_changes.labels(state.name, reason)
         m.route_canary_weight.labels(state.name).set(state.effective_weight)

@@ -16,6 +16,12 @@ from proxy.observe import ENDPOINTS, ReplyStats
 from proxy.sessions import NO_SESSION, OVERFLOW, SessionLabels
 
 
+def canonical_model(name: str) -> str:
+    """A model's name as Ollama lists it (``/api/tags``, ``/api/ps``, so the exporter's
+    labels): ``llama3.2`` is ``llama3.2:latest``. Clients may send either; one label."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
 class Recorder:
     def __init__(self, metrics: ProxyMetrics, config: ProxyConfig) -> None:
         self.metrics = metrics
@@ -36,16 +42,17 @@ class Recorder:
     def model_label(self, model: str, routed: bool) -> tuple[str, bool]:
         """The label for ``model`` and whether this call admitted it. Routed models are
         bounded by the config; direct ones by ``model_label_cap`` (then ``other``)."""
-        if routed or model in self._direct_models:
-            return model, False
+        label = canonical_model(model)
+        if routed or label in self._direct_models:
+            return label, False
         if len(self._direct_models) >= self.model_label_cap:
             return OVERFLOW, False
-        self._direct_models.add(model)
-        return model, True
+        self._direct_models.add(label)
+        return label, True
 
     def release_model(self, model: str) -> None:
         """Give back a label admitted for a model Ollama did not know (a typo, a scan)."""
-        self._direct_models.discard(model)
+        self._direct_models.discard(canonical_model(model))
 
     def _evict(self, label: str) -> None:
         m = self.metrics

@@ -56,7 +56,7 @@ def test_unknown_and_invented_model_names_do_not_mint_series(httpserver, proxy_f
             for i in range(5):
                 http.post(f"{p.url}/api/chat", json={"model": f"real-{i}", "messages": []})
         models = {dict(k[1])["model"] for k in p.scrape() if k[0] == "ollama_proxy_requests_total"}
-        assert models == {"unknown", "real-0", "real-1", "real-2", "other"}
+        assert models == {"unknown", "real-0:latest", "real-1:latest", "real-2:latest", "other"}
         assert p.value("ollama_proxy_requests_total", model="unknown") == 50
         assert p.value("ollama_proxy_requests_total", model="other") == 2
 
@@ -179,7 +179,7 @@ def test_concurrent_first_requests_for_one_model_share_one_label(httpserver, pro
             t.start()
         for t in threads:
             t.join()
-        assert p.value("ollama_proxy_requests_total", model=MODEL) == 10
+        assert p.value("ollama_proxy_requests_total", model=f"{MODEL}:latest") == 10
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(httpserver, proxy_for):
@@ -233,3 +233,15 @@ def test_the_recorder_re_admits_a_session_at_the_end_of_a_request():
     sessions = {s.labels["session"] for f in recorder.metrics.registry.collect()
                 if f.name == "ollama_proxy_requests" for s in f.samples}
     assert sessions == {"other"}  # not "long-stream": the cap holds
+
+
+def test_a_model_with_and_without_its_latest_tag_is_one_label(httpserver, proxy_for):
+    # Ollama lists models with their tag (so does the exporter): the proxy's label matches.
+    httpserver.expect_request("/api/chat").respond_with_handler(
+        lambda r: stream_response([ndjson(chat_chunks(MODEL, ["a"]))]))
+    with proxy_for() as p:
+        for name in (MODEL, f"{MODEL}:latest"):
+            r = requests.post(f"{p.url}/api/chat", json={"model": name, "messages": []})
+            assert r.headers["X-Sidecar-Model"] == name  # what the client asked, forwarded as is
+        models = {dict(k[1])["model"] for k in p.scrape() if k[0] == "ollama_proxy_requests_total"}
+        assert models == {f"{MODEL}:latest"}

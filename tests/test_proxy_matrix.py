@@ -64,7 +64,7 @@ def test_success_is_counted_with_tokens(httpserver, proxy_for, path, stream):
     with proxy_for() as p:
         r = requests.post(f"{p.url}{path}", json=request_body(path, stream))
         assert r.status_code == 200
-        assert p.value("ollama_proxy_requests_total", endpoint=path, error_type="none", model=MODEL) == 1
+        assert p.value("ollama_proxy_requests_total", endpoint=path, error_type="none", model=f"{MODEL}:latest") == 1
         if path in GENERATING:
             assert p.value("ollama_proxy_tokens_total", endpoint=path, kind="completion") > 0
             assert p.value("ollama_proxy_time_to_first_token_seconds_count", endpoint=path) == \

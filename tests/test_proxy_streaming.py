@@ -27,7 +27,7 @@ def test_native_chat_stream_is_relayed_byte_for_byte_and_counted(httpserver, pro
         assert r.status_code == 200
         assert r.content == body
         assert r.headers["Content-Type"] == "application/x-ndjson"
-        assert p.value("ollama_proxy_requests_total", endpoint="/api/chat", model=MODEL, session="alice",
+        assert p.value("ollama_proxy_requests_total", endpoint="/api/chat", model=f"{MODEL}:latest", session="alice",
                        error_type="none", arm="direct", route="none") == 1
         assert p.value("ollama_proxy_tokens_total", kind="prompt", session="alice") == 169
         assert p.value("ollama_proxy_tokens_total", kind="completion", session="alice") == 15
@@ -273,7 +273,7 @@ def test_embedding_endpoints(httpserver, proxy_for, path, request_body, reply, p
     with proxy_for() as p:
         r = requests.post(f"{p.url}{path}", json=request_body)
         assert r.json() == reply
-        assert p.value("ollama_proxy_requests_total", endpoint=path, model="all-minilm", error_type="none") == 1
+        assert p.value("ollama_proxy_requests_total", endpoint=path, model="all-minilm:latest", error_type="none") == 1
         assert p.value("ollama_proxy_tokens_total", endpoint=path, kind="prompt") == prompt_tokens
         assert p.value("ollama_proxy_time_to_first_token_seconds_count") == 0  # embeddings generate nothing
 
