@@ -115,4 +115,3 @@ FAST = Profile(
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PRODUCTION, FAST)}
-DEFAULT = PRODUCTION

@@ -93,3 +93,13 @@ def test_bad_listen_addresses_are_refused(text):
         parse_listen(text)
     with pytest.raises(ConfigError, match="^listen:"):
         parse_config({"listen": text}, environ={})
+
+
+def test_every_error_type_is_documented():
+    from pathlib import Path
+
+    from proxy.metrics import ERROR_TYPES, SERVER_SIDE_ERRORS
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    table = doc.split("### error_type", 1)[1].split("###", 1)[0]
+    assert {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")} == set(ERROR_TYPES)
+    assert SERVER_SIDE_ERRORS <= set(ERROR_TYPES)
