@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy.alertmanager import PayloadError, handle_notification, parse_payload
 from proxy.breaker import Breakers
 from proxy.control import ControlPlane, RouteError
+from proxy.jsonutil import parse_json
 
 log = logging.getLogger("ollama_sidecar.admin")
 
@@ -70,7 +71,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not request.body_exists:
         return {}
     try:
-        body = await request.json()
+        body = parse_json(await request.read())
     except ValueError as exc:
         raise RouteError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import logging
 import re
 import time
@@ -26,6 +25,7 @@ from typing import Any, Callable
 import aiohttp
 
 from proxy.control import ControlPlane, RouteError
+from proxy.jsonutil import parse_json
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.alertmanager")
@@ -65,7 +65,7 @@ class Alert:
 def parse_payload(body: bytes) -> list[Alert]:
     """Validate a webhook payload (version 4) whole; raise PayloadError naming the problem."""
     try:
-        doc = json.loads(body)
+        doc = parse_json(body)
     except ValueError as exc:
         raise PayloadError(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):

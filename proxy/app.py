@@ -26,7 +26,9 @@ from proxy.breaker import Breakers
 from proxy.config import ProxyConfig
 from proxy.control import ControlPlane
 from proxy.forward import Forwarder
+from proxy.guards import make_request_guard
 from proxy.instrument import Recorder
+from proxy.label_values import CleanedRegistry
 from proxy.metrics import ProxyMetrics
 from proxy.reload import ConfigReloader
 from proxy.routing import RouteTable
@@ -62,7 +64,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
     # client_max_size bounds bodies we read ourselves; passthrough bodies stream untouched.
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[make_auth_middleware()])
+                          middlewares=[make_request_guard(forwarder), make_auth_middleware()])
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
     app[CONTROL] = control
@@ -99,7 +101,14 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    registry = request.app[METRICS].registry
+    try:
+        body = generate_latest(registry)
+    except UnicodeError:
+        # Labels are cleaned where they are made; this is the net under that rule, so
+        # one bad series can never blind Prometheus (and with it the rollback alerts).
+        log.error("a label value is not valid UTF-8; /metrics served with it cleaned")
+        body = generate_latest(CleanedRegistry(registry))  # type: ignore[arg-type]
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 class Timeouts:
     connect: float = 5.0
     first_byte: float = 600.0  # a 32B model can take minutes to load
-    idle: float = 120.0  # between two chunks of a stream; streams have no total limit
+    idle: float = 120.0  # between two reads of a reply, stream or not; streams have no total limit
+    shutdown: float = 900.0  # on SIGTERM, how long requests in flight may still run
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class ProxyConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_bytes: int = 32 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
+    max_parsed_reply_bytes: int = 16 * 1024 * 1024  # longer non-stream replies are relayed unchecked
+    max_header_bytes: int = 64 * 1024
     admission: Admission = field(default_factory=Admission)
     admin_token: str | None = field(default=None, repr=False)
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
@@ -214,7 +217,8 @@ def _read_secret_file(path: str, key: str) -> str:
 
 TOP_LEVEL_KEYS = {
     "listen", "upstream", "models", "routes", "state_file", "session_sources", "session_label_cap",
-    "session_label_ttl", "model_label_cap", "timeouts", "max_body_bytes", "max_line_bytes", "admission", "admin",
+    "session_label_ttl", "model_label_cap", "timeouts", "max_body_bytes", "max_line_bytes", "admission",
+    "max_parsed_reply_bytes", "max_header_bytes", "admin",
     "auth", "alertmanager_url", "reconcile_interval", "reconcile_grace", "reload_interval", "access_log",
 }
 
@@ -248,7 +252,7 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
               for name, spec in _mapping(data.get("routes"), "routes").items()}
 
     timeouts_data = _mapping(data.get("timeouts"), "timeouts")
-    _check_keys(timeouts_data, {"connect", "first_byte", "idle"}, "timeouts")
+    _check_keys(timeouts_data, {"connect", "first_byte", "idle", "shutdown"}, "timeouts")
     timeouts = Timeouts(**{k: _number(v, f"timeouts.{k}", minimum=0.001) for k, v in timeouts_data.items()})
 
     adm = _mapping(data.get("admission"), "admission")
@@ -297,6 +301,10 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
                                    minimum=1, integer=True)),
         max_line_bytes=int(_number(data.get("max_line_bytes", d.max_line_bytes), "max_line_bytes",
                                    minimum=1024, integer=True)),
+        max_parsed_reply_bytes=int(_number(data.get("max_parsed_reply_bytes", d.max_parsed_reply_bytes),
+                                           "max_parsed_reply_bytes", minimum=1024, integer=True)),
+        max_header_bytes=int(_number(data.get("max_header_bytes", d.max_header_bytes), "max_header_bytes",
+                                     minimum=1024, integer=True)),
         admission=admission,
         admin_token=admin_token,
         api_keys=frozenset(keys),

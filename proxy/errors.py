@@ -9,11 +9,12 @@ goes through here. Each carries its ``error_type`` label value.
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
-                413: "invalid_request_error"}
+                413: "invalid_request_error", 431: "invalid_request_error"}
 
 
 class ProxyError(Exception):
@@ -52,6 +53,22 @@ def stream_error_line(path: str, message: str) -> bytes:
     if is_openai_path(path):
         return b"data: " + error_body(path, 500, message) + b"\n\n"
     return error_body(path, 500, message) + b"\n"
+
+
+_TAGS = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+MAX_QUOTED = 200
+
+
+def describe_body(body: bytes) -> str:
+    """An upstream body that is not the JSON it should be, shortened for a message: an HTML
+    error page from a load balancer reads as its words, never as a page of markup."""
+    text = body[: 64 * 1024].decode("utf-8", "replace")
+    text = _SPACE.sub(" ", _TAGS.sub(" ", text)).strip()
+    text = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    if not text:
+        return "(empty body)" if not body else "(no readable text)"
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 1] + "…"
 
 
 def classify_upstream_status(status: int, instrumented: bool) -> str:

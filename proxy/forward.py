@@ -29,12 +29,13 @@ from multidict import CIMultiDict
 
 from proxy.admission import AdmissionControl
 from proxy.config import ProxyConfig
-from proxy.errors import (ProxyError, classify_upstream_status, error_response,
-                          stream_error_line)
-from proxy.framing import ForwardingFramer, LineFramer
+from proxy.errors import (ProxyError, classify_upstream_status, describe_body, error_body,
+                          error_response, stream_error_line)
+from proxy.framing import ForwardingFramer, LineFramer, LongLine
+from proxy.jsonutil import json_or_none, parse_json
 from proxy.instrument import Recorder
 from proxy.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats,
-                           SSEStreamObserver, endpoint_label, read_reply_body)
+                           SSEStreamObserver, endpoint_label, read_long_object, read_reply_body)
 from proxy.passthrough import Passthrough
 from proxy.routing import DIRECT_ROUTE, Decision, RouteTable
 from proxy.sessions import extract_session, session_hash
@@ -127,11 +128,9 @@ class Forwarder:
         if not raw.strip():
             raise ProxyError(400, "bad_request", "missing request body")
         try:
-            body = json.loads(raw)
+            body = parse_json(raw)
         except ValueError as exc:
             raise ProxyError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ProxyError(400, "bad_request", "request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise ProxyError(400, "bad_request", "request body must be a JSON object")
         model = body.get("model")
@@ -259,10 +258,32 @@ class Forwarder:
                 self._route_headers(out, decision)
                 stream_error = await self._relay_stream(request, resp, out, endpoint, stats, strip_usage)
                 return status, stream_error or error_type, out
-            body = await self.upstream.read_body(resp, decision.upstream)
+            limit = self.config.max_parsed_reply_bytes
+            if resp.content_length is not None and resp.content_length > limit:
+                head, complete = b"", False
+            else:
+                head, complete = await self.upstream.read_head(resp, decision.upstream, limit)
+            if not complete:
+                long_out, broke = await self._relay_long_reply(request, resp, out_headers, head, endpoint,
+                                                               decision, stats)
+                return status, broke or error_type, long_out
             if status == 200:
-                read_reply_body(endpoint, body, stats)
-            out = web.Response(status=status, body=body, headers=out_headers)
+                obj = json_or_none(head)
+                if not isinstance(obj, dict):
+                    raise ProxyError(502, "upstream_invalid", f"upstream Ollama at {decision.upstream} answered "
+                                     f"200 with a body that is not a JSON object: {describe_body(head)}")
+                read_reply_body(endpoint, obj, stats)
+            elif status >= 400 and not isinstance(json_or_none(head), dict):
+                # An error page from something in between (a load balancer's HTML 502):
+                # same status, but in the client's protocol so its SDK can show it.
+                for name in ("Content-Type", "Content-Encoding"):
+                    out_headers.popall(name, None)
+                out = web.Response(status=status, headers=out_headers, content_type="application/json",
+                                   body=error_body(endpoint.name, status, f"upstream Ollama at {decision.upstream} "
+                                                   f"answered HTTP {status}: {describe_body(head)}"))
+                self._route_headers(out, decision)
+                return status, error_type, out
+            out = web.Response(status=status, body=head, headers=out_headers)
             self._route_headers(out, decision)
             return status, error_type, out
         except BaseException:
@@ -270,6 +291,45 @@ class Forwarder:
             raise
         finally:
             resp.release()
+
+    async def _relay_long_reply(self, request: web.Request, resp: aiohttp.ClientResponse,
+                                headers: CIMultiDict[str], head: bytes, endpoint: Endpoint,
+                                decision: Decision, stats: ReplyStats) -> tuple[web.StreamResponse, str | None]:
+        """Relay a non-stream reply longer than ``max_parsed_reply_bytes`` as it arrives.
+
+        Holding a 300 MiB embedding reply whole took the proxy to a gigabyte. Past the
+        bound the reply is forwarded unchecked; its two ends still give the counts.
+        Returns the response and the error_type if the upstream broke after the status
+        line went out."""
+        out = web.StreamResponse(status=resp.status, headers=headers)
+        if resp.content_length is not None:
+            out.content_length = resp.content_length
+        self._route_headers(out, decision)
+        await out.prepare(request)
+        ends = LongLine(head)
+
+        async def write(chunk: bytes) -> None:
+            ends.extend(chunk)
+            await out.write(chunk)
+
+        self.recorder.metrics.unparsed_lines.labels(endpoint.name, "too_long").inc()
+        try:
+            if head:
+                await out.write(head)
+            await relay_chunks(resp, self.config.timeouts.idle, write)
+        except ConnectionResetError:
+            resp.close()
+            raise asyncio.CancelledError() from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The status line went out: breaking the connection is the only honest signal.
+            resp.close()
+            if request.transport is not None:
+                request.transport.abort()
+            return out, "timeout" if isinstance(exc, TimeoutError) else "stream_interrupted"
+        await out.write_eof()
+        if resp.status == 200 and (obj := read_long_object(ends)) is not None:
+            read_reply_body(endpoint, obj, stats)
+        return out, None
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse,
                             endpoint: Endpoint, stats: ReplyStats, strip_usage: bool) -> str | None:
@@ -282,14 +342,24 @@ class Forwarder:
         framer: Any = ForwardingFramer(max_line) if strip_usage else LineFramer(max_line)
         error_type: str | None = None
         message = ""
+        last = b""  # the last two bytes the client received: is a line or an event open?
 
         async def relay_raw(chunk: bytes) -> None:
+            nonlocal last
             now = time.perf_counter()
-            await out.write(chunk)
-            for line in framer.feed(chunk):
+            forward, lines = framer.feed(chunk)
+            if forward:
+                await out.write(forward)
+                last = (last + forward[-2:])[-2:]
+            for line in lines:
                 observer.line(line, now)
+            if framer.long_lines:
+                for long_line in framer.long_lines:
+                    observer.long_line(long_line, now)
+                framer.long_lines.clear()
 
         async def relay_edited(chunk: bytes) -> None:
+            nonlocal last
             now = time.perf_counter()
             keep = []
             for piece, parse in framer.feed(chunk):
@@ -298,7 +368,9 @@ class Forwarder:
                 elif (kept := observer.line(piece[:-1], now)) is not None:
                     keep.append(kept + b"\n")
             if keep:
-                await out.write(b"".join(keep))
+                forward = b"".join(keep)
+                await out.write(forward)
+                last = (last + forward[-2:])[-2:]
 
         try:
             await relay_chunks(resp, idle, relay_edited if strip_usage else relay_raw)
@@ -319,11 +391,24 @@ class Forwarder:
             resp.close()
             error_type = "internal"
             message = "internal error in ollama-sidecar; see the proxy's log"
+        mid_line = framer.mid_line
         tail = framer.flush()
-        if tail:
-            kept = observer.line(tail, time.perf_counter())
-            if strip_usage and kept is not None:
+        if error_type is None and tail is not None and is_complete_line(tail, sse):
+            # The upstream ended without a final newline: the line is whole, so it is relayed.
+            now = time.perf_counter()
+            if strip_usage:
+                kept = observer.line(tail, now)
+            else:
+                observer.line(tail, now)
+                kept = tail
+            if kept is not None:
                 await out.write(kept)
+                last = (last + kept[-2:])[-2:]
+        elif tail is not None and error_type is None:
+            error_type = "stream_interrupted"  # a broken fragment is never relayed
+            message = "upstream Ollama ended the stream in the middle of a line"
+        for long_line in getattr(framer, "long_lines", ()):
+            observer.long_line(long_line, time.perf_counter())
         unparsed = self.recorder.metrics.unparsed_lines
         if observer.unparsed:
             unparsed.labels(endpoint.name, "invalid").inc(observer.unparsed)
@@ -336,8 +421,30 @@ class Forwarder:
             message = "upstream Ollama ended the stream without its final message"
         if error_type is not None:
             try:
-                await out.write(stream_error_line(endpoint.name, message))
+                await out.write(line_break(last, mid_line, sse) + stream_error_line(endpoint.name, message))
             except ConnectionResetError:
                 raise asyncio.CancelledError() from None
         await out.write_eof()
         return error_type
+
+
+def is_complete_line(line: bytes, sse: bool) -> bool:
+    """Whether an unterminated last line is a whole message (JSON, or SSE's ``[DONE]``)."""
+    if sse:
+        if not line.startswith(b"data:"):
+            return not line.strip()
+        payload = line[5:].strip()
+        return payload == b"[DONE]" or json_or_none(payload) is not None
+    return json_or_none(line) is not None
+
+
+def line_break(last: bytes, mid_line: bool, sse: bool) -> bytes:
+    """What must follow the bytes already sent for the next line (or SSE event) to stand
+    on its own: ends a cut over-long line, and on SSE the open event."""
+    if not last:
+        return b""
+    if mid_line:
+        return b"\n\n" if sse else b"\n"
+    if sse and last != b"\n\n":
+        return b"\n"
+    return b""

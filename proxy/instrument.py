@@ -11,6 +11,7 @@ from collections import defaultdict
 
 from proxy import __version__
 from proxy.config import ProxyConfig
+from proxy.label_values import clean_label
 from proxy.metrics import ProxyMetrics
 from proxy.observe import ENDPOINTS, ReplyStats
 from proxy.sessions import NO_SESSION, OVERFLOW, SessionLabels
@@ -35,14 +36,14 @@ class Recorder:
         metrics.build_info.labels(__version__).set(1)
 
     def session_label(self, raw: str | None) -> str:
-        label = self.sessions.label(raw)
+        label = self.sessions.label(None if raw is None else clean_label(raw))
         self.metrics.session_labels.set(len(self.sessions))
         return label
 
     def model_label(self, model: str, routed: bool) -> tuple[str, bool]:
         """The label for ``model`` and whether this call admitted it. Routed models are
         bounded by the config; direct ones by ``model_label_cap`` (then ``other``)."""
-        label = canonical_model(model)
+        label = canonical_model(clean_label(model))
         if routed or label in self._direct_models:
             return label, False
         if len(self._direct_models) >= self.model_label_cap:
@@ -52,7 +53,7 @@ class Recorder:
 
     def release_model(self, model: str) -> None:
         """Give back a label admitted for a model Ollama did not know (a typo, a scan)."""
-        self._direct_models.discard(canonical_model(model))
+        self._direct_models.discard(canonical_model(clean_label(model)))
 
     def _evict(self, label: str) -> None:
         m = self.metrics

@@ -135,7 +135,8 @@ SESSION_LABELS_EVICTED = MetricSpec(
 )
 UNPARSED_LINES = MetricSpec(
     "ollama_proxy_unparsed_lines_total", "counter",
-    "Stream lines forwarded but not parsed (longer than the line limit, or not JSON).",
+    "Stream lines (and non-stream replies) forwarded but not parsed whole: longer than "
+    "max_line_bytes (max_parsed_reply_bytes), or not JSON.",
     ("endpoint", "reason"),
 )
 BUILD_INFO = MetricSpec(
@@ -208,9 +209,10 @@ ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "r
 # error_type values (docs/metrics.md explains each). Server-side ones count against a canary.
 ERROR_TYPES = (
     "none", "bad_request", "unauthorized", "model_not_found", "upstream_4xx", "upstream_5xx",
-    "overloaded", "connect", "timeout", "stream_interrupted", "client_disconnect", "internal",
+    "overloaded", "connect", "timeout", "stream_interrupted", "upstream_invalid", "client_disconnect",
+    "internal",
 )
-SERVER_SIDE_ERRORS = frozenset({"upstream_5xx", "timeout", "connect", "stream_interrupted"})
+SERVER_SIDE_ERRORS = frozenset({"upstream_5xx", "timeout", "connect", "stream_interrupted", "upstream_invalid"})
 
 
 def _build(spec: MetricSpec, registry: CollectorRegistry):

@@ -10,9 +10,11 @@ expensive thing a proxy like this could do.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from proxy.framing import LongLine
+from proxy.jsonutil import json_or_none
 
 NS = 1e-9
 
@@ -96,11 +98,40 @@ def read_openai_usage(stats: ReplyStats, obj: dict[str, Any]) -> None:
         stats.completion_tokens = _count(usage.get("completion_tokens"))
 
 
-def _loads(line: bytes) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
+_loads = json_or_none
+
+# A long object's ends are cut at a member boundary (``,"``) and closed again; a few
+# dozen tries find one. Positions inside nested values give unbalanced text and fail.
+_MAX_CUTS = 64
+
+
+def read_long_object(line: LongLine) -> dict[str, Any] | None:
+    """The top-level members that fit in the kept ends of an over-long JSON object.
+
+    Ollama's final ``/api/generate`` object carries ``context`` (every token id) between
+    ``done`` at its start and the counts at its end; a long conversation pushes it past
+    any sane line limit. The object's first and last members are what we need."""
+    head, tail = line.head, line.tail
+    if line.size == len(head):  # short enough to have been kept whole
+        whole = _loads(head)
+        return whole if isinstance(whole, dict) else None
+    found: dict[str, Any] = {}
+    cut, tries = len(head), 0
+    while tries < _MAX_CUTS and (cut := head.rfind(b',"', 0, cut)) > 0:
+        tries += 1
+        obj = _loads(head[:cut] + b"}")
+        if isinstance(obj, dict):
+            found.update(obj)
+            break
+    end = tail.rstrip()
+    cut, tries = -1, 0
+    while tries < _MAX_CUTS and (cut := end.find(b',"', cut + 1)) >= 0:
+        tries += 1
+        obj = _loads(b"{" + end[cut + 1:])
+        if isinstance(obj, dict):
+            found.update(obj)
+            break
+    return found or None
 
 
 def _native_has_content(obj: dict[str, Any]) -> bool:
@@ -140,6 +171,20 @@ class NativeStreamObserver:
         if obj.get("done") is True:
             read_native_final(stats, obj)
 
+    def long_line(self, line: LongLine, now: float) -> None:
+        """An over-long line: content, or the final object with a long ``context``."""
+        obj = read_long_object(line)
+        if obj is None:
+            return
+        if "error" in obj:
+            self.stats.error = str(obj["error"])[:200]
+        elif obj.get("done") is True:
+            read_native_final(self.stats, obj)
+        elif self.stats.first_content_at is None:
+            self.stats.first_content_at = self.stats.last_content_at = now
+        else:
+            self.stats.last_content_at = now
+
 
 # With include_usage, Ollama's /v1/completions puts this on every chunk (Go's encoder
 # writes it byte for byte the same each time); without it the field is omitted.
@@ -162,6 +207,11 @@ class SSEStreamObserver:
         self.strip_usage = strip_usage
         self.unparsed = 0
         self._drop_blank = False
+
+    def long_line(self, line: LongLine, now: float) -> None:
+        """An over-long event line: only ever content (usage and [DONE] are short)."""
+        if line.head.startswith(b"data:") and self.stats.first_content_at is not None:
+            self.stats.last_content_at = now
 
     def line(self, line: bytes, now: float) -> bytes | None:
         """Observe one line; return what the client gets of it (None: nothing)."""
@@ -209,11 +259,8 @@ class SSEStreamObserver:
         return line
 
 
-def read_reply_body(endpoint: Endpoint, body: bytes, stats: ReplyStats) -> None:
-    """Fill ``stats`` from a complete (non-stream) JSON reply."""
-    obj = _loads(body)
-    if not isinstance(obj, dict):
-        return
+def read_reply_body(endpoint: Endpoint, obj: dict[str, Any], stats: ReplyStats) -> None:
+    """Fill ``stats`` from a complete (non-stream) JSON reply, already decoded."""
     if endpoint.protocol == "ollama":
         read_native_final(stats, obj)
     else:

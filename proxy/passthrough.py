@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyError, classify_upstream_status, error_response
 from proxy.instrument import Recorder
+from proxy.jsonutil import json_or_none
 from proxy.observe import endpoint_label
 from proxy.routing import DIRECT_ROUTE, RouteTable
 from proxy.upstream import Upstream, forward_headers, relay_chunks
@@ -111,10 +112,7 @@ class Passthrough:
         if routes and request.method == "POST" and request.path == "/api/show" \
                 and request.content_length is not None and request.content_length <= SHOW_LIMIT:
             raw = await request.read()
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+            body = json_or_none(raw)
             for key in ("model", "name"):  # `name` is the older spelling Ollama still accepts
                 if isinstance(body, dict) and isinstance(body.get(key), str) and body[key] in routes:
                     alias = body[key]
@@ -131,10 +129,7 @@ class Passthrough:
         routes = self.routes.aliases()
         if not routes or status != 200 or (alias is None and request.path not in ("/api/tags", "/v1/models")):
             return body
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return body
+        doc = json_or_none(body)
         if not isinstance(doc, dict):
             return body
         if alias is not None:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from proxy.jsonutil import parse_json
+
 log = logging.getLogger("ollama_sidecar.state")
 
 STATE_VERSION = 1
@@ -32,7 +34,7 @@ class StateFile:
         if self.path is None or not self.path.exists():
             return {}, None
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = parse_json(self.path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION \
                     or not isinstance(data.get("routes", {}), dict):
                 raise ValueError(f"not an ollama-sidecar state file of version {STATE_VERSION}")

@@ -91,15 +91,36 @@ class Upstream:
                              f"before answering ({type(exc).__name__})") from None
 
     async def read_body(self, resp: aiohttp.ClientResponse, upstream: str) -> bytes:
+        """The whole reply (for bodies known to be small)."""
+        body, _ = await self.read_head(resp, upstream, None)
+        return body
+
+    async def read_head(self, resp: aiohttp.ClientResponse, upstream: str,
+                        limit: int | None) -> tuple[bytes, bool]:
+        """Up to about ``limit`` bytes of the reply, and whether that is all of it.
+
+        ``timeouts.idle`` bounds each wait for more bytes, not the whole body: a slow but
+        steady reply is not a dead one."""
+        parts: list[bytes] = []
+        size = 0
+        idle = self.timeouts.idle
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeouts.idle):
-                return await resp.read()
+            async with asyncio.timeout(None) as deadline:
+                while limit is None or size <= limit:
+                    deadline.reschedule(loop.time() + idle)
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        return b"".join(parts), True
+                    parts.append(chunk)
+                    size += len(chunk)
         except TimeoutError:
             raise ProxyError(504, "timeout", f"upstream Ollama at {upstream} stopped sending its reply "
-                             f"for {self.timeouts.idle:g}s (timeouts.idle)") from None
+                             f"for {idle:g}s (timeouts.idle)") from None
         except aiohttp.ClientError as exc:
             raise ProxyError(502, "stream_interrupted", f"upstream Ollama at {upstream} closed the "
                              f"connection mid-reply ({type(exc).__name__})") from None
+        return b"".join(parts), False
 
 
 async def relay_chunks(resp: aiohttp.ClientResponse, idle: float,
