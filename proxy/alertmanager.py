@@ -8,8 +8,9 @@ ignored, or Alertmanager would retry them until group_interval), and is idempote
 
 Webhooks get lost (a proxy restarting, a network blip after Alertmanager gave up), and
 with several proxy replicas each must act. The reconcile loop asks Alertmanager which
-rollback alerts are active and acts on those it has not acted on yet, so every replica
-converges on the same state.
+rollback alerts are active and acts on those it has not acted on yet, and resumes (with
+``auto_resume``) routes whose alert has gone, so every replica converges on the same
+state in both directions; both paths decide through :func:`alert_decision`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import aiohttp
 from proxy.control import ControlPlane, RouteError
 from proxy.jsonutil import parse_json
 from proxy.metrics import ProxyMetrics
+from proxy.routing import RouteState
 
 log = logging.getLogger("ollama_sidecar.alertmanager")
 
@@ -96,18 +98,46 @@ def parse_alert(raw: Any, where: str, status: str | None = None) -> Alert:
     return Alert(status, labels, fingerprint, starts_at)
 
 
+def rolled_back_by(state: RouteState, alertname: str) -> bool:
+    """Whether the route's current rollback was made by the alert ``alertname`` (through
+    its webhook or through reconcile)."""
+    head, _, tail = state.reason.partition(":")
+    return state.rolled_back and head in ("alert", "reconcile") and tail == alertname
+
+
+def alert_decision(state: RouteState, alertname: str, firing: bool) -> str | None:
+    """What a rollback alert's state means for a route: ``rollback``, ``resume`` or None.
+
+    The webhook and the reconcile loop both decide through here, so every replica reaches
+    the same state whichever path told it: one replica may hear the resolved webhook
+    while another only sees the alert gone from Alertmanager. A resolved alert resumes a
+    route only with ``auto_resume`` and only the rollback that alert made."""
+    if firing:
+        return None if state.rolled_back else "rollback"
+    if state.auto_resume and rolled_back_by(state, alertname):
+        return "resume"
+    return None
+
+
+def _is_rollback_alert(control: ControlPlane, labels: dict[str, str]) -> bool:
+    route = labels.get("route")
+    return labels.get("action") == "rollback" and bool(route) and route in control.routes.routes
+
+
 def handle_alert(control: ControlPlane, alert: Alert, *, via: str = "alert") -> str:
     """Act on one alert; returns its outcome (applied, duplicate, ignored)."""
-    route = alert.labels.get("route")
-    if alert.labels.get("action") != "rollback" or not route or route not in control.routes.routes:
+    if not _is_rollback_alert(control, alert.labels):
         return "ignored"
+    route = alert.labels["route"]
+    state = control.routes.routes[route]
     if alert.status == "firing":
         if not control.remember_alert(alert.key):
             return "duplicate"
-        _, changed = control.rollback(route, f"{via}:{alert.name}")
-        return "applied" if changed else "duplicate"
-    state = control.routes.routes[route]
-    if state.auto_resume and state.rolled_back and state.reason.endswith(f":{alert.name}") \
+        if alert_decision(state, alert.name, firing=True) is None:
+            return "duplicate"
+        control.rollback(route, f"{via}:{alert.name}")
+        return "applied"
+    if alert_decision(state, alert.name, firing=False) == "resume" \
             and control.remember_alert(alert.key + "/resolved"):
         try:
             control.resume(route, "resume")
@@ -115,6 +145,28 @@ def handle_alert(control: ControlPlane, alert: Alert, *, via: str = "alert") -> 
             return "duplicate"
         return "applied"
     return "ignored"
+
+
+def resume_resolved(control: ControlPlane, active: list[Alert], *, now: float, grace: float) -> list[str]:
+    """Resume every route whose rollback alert is no longer active in Alertmanager (the
+    reconcile side of :func:`alert_decision`); returns the routes resumed. A rollback
+    younger than ``grace`` is left alone: an HA peer may not list its alert yet."""
+    still = {(a.labels.get("route"), a.name) for a in active}
+    resumed = []
+    for name, state in list(control.routes.routes.items()):
+        if not state.rolled_back or now - state.since < grace:
+            continue
+        alertname = state.reason.partition(":")[2]
+        if (name, alertname) in still or alert_decision(state, alertname, firing=False) != "resume":
+            continue
+        try:
+            control.resume(name, "resume")
+        except RouteError:
+            continue
+        log.info("route %s: alert %s is no longer active in Alertmanager; resumed (auto_resume)",
+                 name, alertname)
+        resumed.append(name)
+    return resumed
 
 
 def handle_notification(control: ControlPlane, metrics: ProxyMetrics, alerts: list[Alert]) -> dict[str, int]:
@@ -167,20 +219,23 @@ class Reconciler:
         self._failing = False
         self.metrics.alertmanager_reconciles.labels("ok").inc()
         applied = 0
+        listed: list[Alert] = []
         for i, raw in enumerate(doc):
-            status = raw.get("status") if isinstance(raw, dict) else None
-            state = status.get("state") if isinstance(status, dict) else None
-            if state not in (None, "active"):
-                continue  # silenced or inhibited: a human said no
             try:
                 alert = parse_alert(raw, f"[{i}]", status="firing")
             except PayloadError:
                 continue
+            listed.append(alert)  # silenced or not, it has not resolved
+            status = raw.get("status")
+            state = status.get("state") if isinstance(status, dict) else None
+            if state not in (None, "active"):
+                continue  # silenced or inhibited: a human said no
             started = parse_time(alert.starts_at)
             if started is not None and self.clock() - started < self.grace:
                 continue  # its webhook is probably on the way; look again next poll
             if handle_alert(self.control, alert, via="reconcile") == "applied":
                 applied += 1
+        resume_resolved(self.control, listed, now=self.clock(), grace=self.grace)
         return applied
 
     async def run(self, session: aiohttp.ClientSession) -> None:

