@@ -38,11 +38,15 @@ def is_loopback(remote: str | None) -> bool:
         return False
 
 
-def make_auth_middleware():
-    """Reads the token from the live config, so a rotated token file takes effect on reload."""
+def make_auth_middleware(precheck: Callable[[web.Request], web.StreamResponse | None] | None = None):
+    """Reads the token from the live config, so a rotated token file takes effect on reload.
+    ``precheck`` runs first on every request (one middleware layer, not two, on the
+    request path) and answers for it when it returns a response."""
 
     @web.middleware
     async def admin_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if precheck is not None and (refused := precheck(request)) is not None:
+            return refused
         if not request.path.startswith("/admin/"):
             return await handler(request)
         token = request.app[CONTROL].config.admin_token

@@ -85,7 +85,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
     # client_max_size bounds bodies we read ourselves; passthrough bodies stream untouched.
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[make_request_guard(forwarder), make_auth_middleware()])
+                          middlewares=[make_auth_middleware(precheck=make_request_guard(forwarder))])
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
     app[DRAIN] = Drain()

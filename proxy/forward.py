@@ -342,7 +342,7 @@ class Forwarder:
         framer: Any = ForwardingFramer(max_line) if strip_usage else LineFramer(max_line)
         error_type: str | None = None
         message = ""
-        last = b""  # the last two bytes the client received: is a line or an event open?
+        last = b""  # ends with the last bytes the client received: is a line or an event open?
 
         async def relay_raw(chunk: bytes) -> None:
             nonlocal last
@@ -350,7 +350,7 @@ class Forwarder:
             forward, lines = framer.feed(chunk)
             if forward:
                 await out.write(forward)
-                last = (last + forward[-2:])[-2:]
+                last = forward if len(forward) > 1 else last[-1:] + forward
             for line in lines:
                 observer.line(line, now)
             if framer.long_lines:
@@ -370,7 +370,7 @@ class Forwarder:
             if keep:
                 forward = b"".join(keep)
                 await out.write(forward)
-                last = (last + forward[-2:])[-2:]
+                last = forward if len(forward) > 1 else last[-1:] + forward
 
         try:
             await relay_chunks(resp, idle, relay_edited if strip_usage else relay_raw)
@@ -401,9 +401,9 @@ class Forwarder:
             else:
                 observer.line(tail, now)
                 kept = tail
-            if kept is not None:
+            if kept:
                 await out.write(kept)
-                last = (last + kept[-2:])[-2:]
+                last = kept if len(kept) > 1 else last[-1:] + kept
         elif tail is not None and error_type is None:
             error_type = "stream_interrupted"  # a broken fragment is never relayed
             message = "upstream Ollama ended the stream in the middle of a line"
@@ -445,6 +445,6 @@ def line_break(last: bytes, mid_line: bool, sse: bool) -> bytes:
         return b""
     if mid_line:
         return b"\n\n" if sse else b"\n"
-    if sse and last != b"\n\n":
+    if sse and not last.endswith(b"\n\n"):
         return b"\n"
     return b""

@@ -13,7 +13,7 @@ plane's own refusals:
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -21,19 +21,16 @@ from proxy.errors import ProxyError, error_response
 from proxy.observe import endpoint_label
 from proxy.routing import DIRECT_ROUTE
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+def make_request_guard(forwarder: Any) -> Callable[[web.Request], web.StreamResponse | None]:
+    """The check for the front middleware; reads the live config of ``forwarder`` (a reload
+    changes the bound). Returns the refusal to send, or None to go on."""
 
-
-def make_request_guard(forwarder: object) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """A middleware reading the live config of ``forwarder`` (a reload changes the bound)."""
-
-    @web.middleware
-    async def request_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        problem = refusal(request, forwarder.config.max_header_bytes)  # type: ignore[attr-defined]
+    def request_guard(request: web.Request) -> web.StreamResponse | None:
+        problem = refusal(request, forwarder.config.max_header_bytes)
         if problem is None:
-            return await handler(request)
-        forwarder.recorder.request(endpoint_label(request.path), DIRECT_ROUTE, "direct",  # type: ignore[attr-defined]
-                                   "none", "none", problem.error_type, 0.0, None)
+            return None
+        forwarder.recorder.request(endpoint_label(request.path), DIRECT_ROUTE, "direct", "none", "none",
+                                   problem.error_type, 0.0, None)
         return error_response(request.path, problem)
 
     return request_guard
