@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -24,10 +25,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout: float, what: str = "a condition", interval: float = 0.05):
+    """Poll ``predicate`` until it is truthy (returned) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        time.sleep(interval)
+
+
 class RunningProxy:
-    def __init__(self, app: web.Application, url: str) -> None:
+    def __init__(self, app: web.Application, url: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.app = app
         self.url = url
+        self.loop = loop  # the proxy's event loop, for tests that act on the app
 
     @property
     def metrics(self):
@@ -75,7 +88,7 @@ def running_proxy(settings: dict[str, Any], environ: dict[str, str] | None = Non
     thread.start()
     assert started.wait(10), "proxy did not start"
     try:
-        yield RunningProxy(app, f"http://127.0.0.1:{port}")
+        yield RunningProxy(app, f"http://127.0.0.1:{port}", loop)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

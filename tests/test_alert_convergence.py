@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,22 +20,13 @@ import requests
 import yaml
 
 from tests.binaries import alertmanager_binary
-from tests.conftest import RunningProxy, free_port, running_proxy
+from tests.conftest import RunningProxy, free_port, running_proxy, wait_for
 
 ROUTE = {"stable": "qwen3:8b", "canary": "qwen3:8b-ft", "canary_weight": 50}
 ALERT_LABELS = {"alertname": "OllamaCanaryErrorRateHigh", "route": "chat", "action": "rollback",
                 "severity": "critical"}
 CONVERGE_S = 15.0  # liveness bound: reconcile polls every 0.2 s, Alertmanager flushes every 1 s
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(interval)
 
 
 def rfc3339(t: datetime.datetime) -> str:

@@ -14,6 +14,7 @@ import requests
 from proxy.stack import LocalStack, StackOptions
 from proxy.traffic import TrafficDriver
 from tests.binaries import alertmanager_binary, require_binary
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -25,15 +26,6 @@ def real_binaries():
     require_binary("prometheus")
     alertmanager_binary()
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(interval)
 
 
 def prometheus_sees_both_arms(stack: LocalStack) -> bool:

@@ -9,7 +9,6 @@ Ollama that streams slowly.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import re
@@ -27,26 +26,14 @@ from typing import Any, Iterator
 import pytest
 import requests
 import yaml
-from aiohttp import web
 
-from proxy.app import DRAIN, build_app
-from proxy.config import parse_config
-from proxy.server import new_event_loop
-from tests.conftest import free_port, running_proxy
+from proxy.app import DRAIN
+from tests.conftest import free_port, running_proxy, wait_for
 from tests.ollama_fake import chat_chunks
 
 MODEL = "llama3.2"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(interval)
 
 
 # --- a threaded fake Ollama whose /api/chat streams slowly --------------------------------------
@@ -276,47 +263,17 @@ def test_a_second_sigterm_while_draining_exits_at_once(tmp_path):
         assert not client.got_done()
 
 
-@contextmanager
-def in_process_proxy(settings: dict[str, Any]) -> Iterator[tuple[web.Application, str, asyncio.AbstractEventLoop]]:
-    """Like conftest.running_proxy, but hands out the event loop so a test can act on the app."""
-    app = build_app(parse_config(settings, environ={}))
-    loop = new_event_loop("auto")
-    port = free_port()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10), "proxy did not start"
-    try:
-        yield app, f"http://127.0.0.1:{port}", loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-
 def test_draining_makes_readyz_answer_503(tmp_path):
     with slow_ollama(lines=2, delay=0) as upstream, \
-            in_process_proxy({"upstream": upstream.url, "access_log": False}) as (app, url, loop):
-        r = requests.get(f"{url}/readyz", timeout=5)
+            running_proxy({"upstream": upstream.url, "access_log": False}) as p:
+        r = requests.get(f"{p.url}/readyz", timeout=5)
         assert r.status_code == 200 and r.json()["status"] == "ready"
 
         async def begin() -> None:
-            result = app[DRAIN].begin()
-            if inspect.isawaitable(result):
-                await result
+            p.app[DRAIN].begin()
 
-        asyncio.run_coroutine_threadsafe(begin(), loop).result(5)
-        r = requests.get(f"{url}/readyz", timeout=5)
+        asyncio.run_coroutine_threadsafe(begin(), p.loop).result(5)
+        r = requests.get(f"{p.url}/readyz", timeout=5)
         assert r.status_code == 503
         assert r.json()["status"] == "draining"
 
