@@ -22,7 +22,7 @@ from exporter import metrics as em
 from exporter.nvml_reader import NVML_DOWN, GpuReading, NvmlSnapshot
 from exporter.ollama_fetch import ENDPOINTS, OllamaSnapshot
 from proxy import __version__
-from proxy.metrics import MetricSpec
+from proxy.common.metric_spec import MetricSpec
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ dashboard or an alert exists only if it is listed here.
 
 from __future__ import annotations
 
-from proxy.metrics import MetricSpec
+from proxy.common.metric_spec import MetricSpec
 
 # --- Ollama ----------------------------------------------------------------------------
 OLLAMA_UP = MetricSpec("ollama_up", "gauge", "1 if the last scrape of Ollama's API succeeded, else 0.")

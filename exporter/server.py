@@ -19,8 +19,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from exporter.app import Exporter
 from proxy import __version__
-from proxy.listen import parse_listen
-from proxy.ollama_host import resolve_ollama_url
+from proxy.common.listen import parse_listen
+from proxy.common.ollama_host import resolve_ollama_url
 
 log = logging.getLogger("exporter")
 

@@ -19,20 +19,20 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, make_auth_middleware
-from proxy.admission import AdmissionControl
-from proxy.alertmanager import Reconciler
-from proxy.breaker import Breakers
+from proxy.control.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, make_auth_middleware
+from proxy.dataplane.admission import AdmissionControl
+from proxy.control.alertmanager import Reconciler
+from proxy.control.breaker import Breakers
 from proxy.config import ProxyConfig
-from proxy.control import ControlPlane
-from proxy.forward import Forwarder
-from proxy.guards import make_request_guard
-from proxy.http_log import install_malformed_request_filter
-from proxy.instrument import Recorder
-from proxy.label_values import CleanedRegistry
+from proxy.control.plane import ControlPlane
+from proxy.dataplane.forward import Forwarder
+from proxy.dataplane.guards import make_request_guard
+from proxy.dataplane.http_log import install_malformed_request_filter
+from proxy.dataplane.instrument import Recorder
+from proxy.dataplane.label_values import CleanedRegistry
 from proxy.metrics import ProxyMetrics
-from proxy.reload import ConfigReloader
-from proxy.routing import RouteTable
+from proxy.control.reload import ConfigReloader
+from proxy.control.routing import RouteTable
 
 log = logging.getLogger("ollama_sidecar.proxy")
 

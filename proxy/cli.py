@@ -16,17 +16,17 @@ from proxy import __version__
 
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "proxy": ("proxy.server", "run the labelled, canary-routing proxy in front of Ollama"),
+    "proxy": ("proxy.commands.server", "run the labelled, canary-routing proxy in front of Ollama"),
     "exporter": ("exporter.server", "serve Ollama model state and NVIDIA GPU metrics"),
-    "generate": ("proxy.generate", "write dashboards JSON and Prometheus rule files"),
-    "status": ("proxy.ctl", "show routes, weights, rollback state and live rates"),
-    "route": ("proxy.ctl", "change a route: ollama-sidecar route set ROUTE --weight W"),
-    "rollback": ("proxy.ctl", "send a route's traffic back to its stable model"),
-    "promote": ("proxy.ctl", "make a route's canary its stable model"),
-    "resume": ("proxy.ctl", "clear a rollback and restore the canary weight"),
-    "report": ("proxy.report", "A/B report of a route's canary against stable from Prometheus"),
+    "generate": ("proxy.commands.generate", "write dashboards JSON and Prometheus rule files"),
+    "status": ("proxy.commands.ctl", "show routes, weights, rollback state and live rates"),
+    "route": ("proxy.commands.ctl", "change a route: ollama-sidecar route set ROUTE --weight W"),
+    "rollback": ("proxy.commands.ctl", "send a route's traffic back to its stable model"),
+    "promote": ("proxy.commands.ctl", "make a route's canary its stable model"),
+    "resume": ("proxy.commands.ctl", "clear a rollback and restore the canary weight"),
+    "report": ("proxy.commands.report", "A/B report of a route's canary against stable from Prometheus"),
     "simulate": ("proxy.simulator.server", "run an Ollama API simulator (no GPU needed)"),
-    "demo": ("proxy.demo", "the whole closed loop on this machine: canary goes bad, rollback"),
+    "demo": ("proxy.commands.demo", "the whole closed loop on this machine: canary goes bad, rollback"),
 }
 
 

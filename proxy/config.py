@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from proxy.listen import parse_listen
-from proxy.ollama_host import parse_ollama_host, resolve_ollama_url
+from proxy.common.listen import parse_listen
+from proxy.common.ollama_host import parse_ollama_host, resolve_ollama_url
 
 DEFAULT_LISTEN = "127.0.0.1:11435"
 DEFAULT_SESSION_SOURCES = ("header:X-Session-ID", "header:X-User-ID", "body:user")
@@ -48,7 +48,7 @@ class Admission:
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    """In-process circuit breaker of one route (see proxy.breaker)."""
+    """In-process circuit breaker of one route (see proxy.control.breaker)."""
 
     enabled: bool = False
     window: float = 60.0

@@ -10,12 +10,11 @@ tests and benchmarks can run several proxies in one process without sharing coun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-MetricType = Literal["counter", "gauge", "histogram"]
+from proxy.common.metric_spec import MetricSpec, MetricType
+
+__all__ = ["MetricSpec", "MetricType", "ProxyMetrics"]
 
 # Label names shared by every instrumented series.
 REQUEST_LABELS = ("endpoint", "route", "arm", "model")
@@ -35,34 +34,6 @@ PHASE_BUCKETS = (
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
     160.0, 320.0, 640.0,
 )
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A metric's identity. ``name`` is the name as it appears in PromQL (``…_total``
-    included for counters); ``series`` lists every sample name Prometheus will store."""
-
-    name: str
-    type: MetricType
-    help: str
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = field(default=())
-    unit: str = ""
-
-    @property
-    def base(self) -> str:
-        """The name prometheus_client wants (counters without ``_total``)."""
-        if self.type == "counter" and self.name.endswith("_total"):
-            return self.name[: -len("_total")]
-        return self.name
-
-    @property
-    def series(self) -> tuple[str, ...]:
-        if self.type == "histogram":
-            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
-        if self.type == "counter":
-            return (self.name, f"{self.base}_created")
-        return (self.name,)
 
 
 # --- request path ------------------------------------------------------------------

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import METRICS, build_app
 from proxy.config import ProxyConfig, parse_config
-from proxy.server import new_event_loop
+from proxy.commands.server import new_event_loop
 
 
 def free_port() -> int:

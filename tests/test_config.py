@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
-from proxy.listen import parse_listen
-from proxy.ollama_host import parse_ollama_host
+from proxy.common.listen import parse_listen
+from proxy.common.ollama_host import parse_ollama_host
 
 
 @pytest.mark.parametrize("value,url", [

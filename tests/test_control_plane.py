@@ -15,7 +15,7 @@ import yaml
 
 from proxy.config import load_config
 
-from proxy.ctl import EXIT_OK, EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE
+from proxy.commands.ctl import EXIT_OK, EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE
 from tests.conftest import free_port, running_proxy
 from tests.ollama_fake import chat_chunks, ndjson, stream_response
 
@@ -75,7 +75,7 @@ def test_admin_needs_the_token_and_wrong_tokens_change_nothing(admin_proxy):
 def test_without_token_admin_answers_loopback_only(httpserver):
     with running_proxy({"upstream": httpserver.url_for("/"), "routes": {"chat": ROUTE}, "access_log": False}) as p:
         assert requests.get(f"{p.url}/admin/routes").status_code == 200  # we are on loopback
-    from proxy.admin import is_loopback
+    from proxy.control.admin import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("10.0.0.5")
 
 

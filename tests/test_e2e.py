@@ -11,8 +11,8 @@ import time
 import pytest
 import requests
 
-from proxy.stack import LocalStack, StackOptions
-from proxy.traffic import TrafficDriver
+from proxy.commands.stack import LocalStack, StackOptions
+from proxy.commands.traffic import TrafficDriver
 from tests.binaries import alertmanager_binary, require_binary
 from tests.conftest import wait_for
 

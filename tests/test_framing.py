@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from proxy.framing import ForwardingFramer, LineFramer
+from proxy.dataplane.framing import ForwardingFramer, LineFramer
 
 
 def random_splits(data: bytes, rng: random.Random) -> list[bytes]:
@@ -76,8 +76,8 @@ def test_forwarding_framer_never_loses_a_byte():
 def test_the_counts_of_a_final_object_with_a_long_context_are_read_from_its_ends():
     import json
 
-    from proxy.framing import LongLine
-    from proxy.observe import read_long_object
+    from proxy.dataplane.framing import LongLine
+    from proxy.dataplane.observe import read_long_object
     final = {"model": "m", "created_at": "2025-07-07T20:22:19Z", "response": "", "done": True,
              "done_reason": "stop", "context": list(range(200_000)), "total_duration": 5,
              "prompt_eval_count": 169, "eval_count": 15, "eval_duration": 7}

@@ -10,8 +10,8 @@ import time
 import requests
 from werkzeug import Request, Response
 
-from proxy.observe import NativeStreamObserver
-from proxy.sessions import SessionLabels
+from proxy.dataplane.observe import NativeStreamObserver
+from proxy.dataplane.sessions import SessionLabels
 from tests.ollama_fake import chat_chunks, ndjson, openai_chat_handler, sse_chat, stream_response
 from tests.test_proxy_streaming import HEAD, RawUpstream, _chunk, _read_request
 
@@ -155,14 +155,14 @@ def test_a_request_outliving_its_session_ttl_does_not_escape_the_cap():
 
 
 def test_internal_errors_answer_in_protocol_and_are_labelled(httpserver, proxy_for, monkeypatch):
-    from proxy import observe
+    from proxy.dataplane import observe
     httpserver.expect_request("/api/chat").respond_with_json(chat_chunks(MODEL, ["a"])[-1])
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
 
     with proxy_for() as p:
-        monkeypatch.setattr("proxy.forward.read_reply_body", broken)
+        monkeypatch.setattr("proxy.dataplane.forward.read_reply_body", broken)
         r = requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": [], "stream": False})
         assert r.status_code == 500 and "internal error" in r.json()["error"]
         assert p.value("ollama_proxy_requests_total", error_type="internal") == 1
@@ -221,7 +221,7 @@ def test_a_new_model_name_that_never_succeeded_keeps_no_label(proxy_for):
 
 def test_the_recorder_re_admits_a_session_at_the_end_of_a_request():
     from proxy.config import parse_config
-    from proxy.instrument import Recorder
+    from proxy.dataplane.instrument import Recorder
     from proxy.metrics import ProxyMetrics
     recorder = Recorder(ProxyMetrics(), parse_config({"session_label_cap": 1}, environ={}))
     clock = [0.0]

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from proxy.sessions import session_hash
+from proxy.dataplane.sessions import session_hash
 from tests.ollama_fake import (FINAL_TIMINGS, chat_chunks, generate_chunks, ndjson, openai_chat_handler,
                                pieces, slow, sse_chat, stream_response)
 

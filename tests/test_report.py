@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from proxy import metrics as pm
-from proxy import report, stats
+from proxy.commands import report, stats
 from proxy.cli import main
 from tests.binaries import require_binary
 

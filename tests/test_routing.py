@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from proxy.config import parse_config
-from proxy.routing import RouteState, RouteTable, bucket, choose_arm
+from proxy.control.routing import RouteState, RouteTable, bucket, choose_arm
 from proxy.simulator import running_simulator
 from tests.ollama_fake import chat_chunks, ndjson, slow, stream_response
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from proxy import cli
-from proxy.generate import generated_files
+from proxy.commands.generate import generated_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 
 from proxy.app import FORWARDER
-from proxy.sessions import OVERFLOW, SessionLabels, extract_session, session_hash
+from proxy.dataplane.sessions import OVERFLOW, SessionLabels, extract_session, session_hash
 from tests.ollama_fake import chat_chunks, ndjson, stream_response
 
 MODEL = "llama3.2"

@@ -7,7 +7,7 @@ import sys
 
 from aiohttp import web
 
-from proxy.listen import parse_listen
+from proxy.common.listen import parse_listen
 from proxy.simulator.app import build_app
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, ProfileError, load_profiles
 

@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.errors import ProxyError, classify_upstream_status, error_response
-from proxy.instrument import Recorder
-from proxy.jsonutil import json_or_none
-from proxy.observe import endpoint_label
-from proxy.routing import DIRECT_ROUTE, RouteTable
-from proxy.upstream import Upstream, forward_headers, relay_chunks
+from proxy.dataplane.errors import ProxyError, classify_upstream_status, error_response
+from proxy.dataplane.instrument import Recorder
+from proxy.common.jsonutil import json_or_none
+from proxy.dataplane.observe import endpoint_label
+from proxy.control.routing import DIRECT_ROUTE, RouteTable
+from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
 
 log = logging.getLogger("ollama_sidecar.proxy")
 

@@ -19,10 +19,10 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from proxy.config import ProxyConfig, RouteConfig
-from proxy.instrument import canonical_model
+from proxy.dataplane.instrument import canonical_model
 from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, ProxyMetrics
-from proxy.routing import RouteState, RouteTable
-from proxy.state import StateFile
+from proxy.control.routing import RouteState, RouteTable
+from proxy.control.state import StateFile
 
 log = logging.getLogger("ollama_sidecar.control")
 

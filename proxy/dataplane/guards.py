@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from proxy.errors import ProxyError, error_response
-from proxy.observe import endpoint_label
-from proxy.routing import DIRECT_ROUTE
+from proxy.dataplane.errors import ProxyError, error_response
+from proxy.dataplane.observe import endpoint_label
+from proxy.control.routing import DIRECT_ROUTE
 
 def make_request_guard(forwarder: Any) -> Callable[[web.Request], web.StreamResponse | None]:
     """The check for the front middleware; reads the live config of ``forwarder`` (a reload

@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Timeouts
-from proxy.errors import ProxyError
+from proxy.dataplane.errors import ProxyError
 
 # RFC 9110 hop-by-hop headers, plus those aiohttp computes itself.
 HOP_BY_HOP = frozenset({

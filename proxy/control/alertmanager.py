@@ -25,10 +25,10 @@ from typing import Any, Callable
 
 import aiohttp
 
-from proxy.control import ControlPlane, RouteError
-from proxy.jsonutil import parse_json
+from proxy.control.plane import ControlPlane, RouteError
+from proxy.common.jsonutil import parse_json
 from proxy.metrics import ProxyMetrics
-from proxy.routing import RouteState
+from proxy.control.routing import RouteState
 
 log = logging.getLogger("ollama_sidecar.alertmanager")
 

@@ -21,8 +21,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from proxy.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
-from proxy.traffic import TrafficDriver
+from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
+from proxy.commands.traffic import TrafficDriver
 
 
 
@@ -151,7 +151,7 @@ def _timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespac
 
 
 def _print_report(stack: LocalStack) -> None:
-    from proxy import report
+    from proxy.commands import report
     parser = argparse.ArgumentParser()
     report.add_arguments(parser, "report")
     args = parser.parse_args([ROUTE, "--prometheus", stack.url("prometheus"), "--window", "5m"])

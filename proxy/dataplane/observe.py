@@ -2,7 +2,7 @@
 
 Ollama's native API reports everything in the final ``done`` object (durations in
 nanoseconds, every field optional); the OpenAI-compatible API reports only ``usage``.
-Observers read complete lines handed over by :class:`proxy.framing.LineFramer`. After
+Observers read complete lines handed over by :class:`proxy.dataplane.framing.LineFramer`. After
 the first content chunk they parse only lines that can matter (the final object, an
 error, usage), because JSON-decoding every token of 500 concurrent streams is the most
 expensive thing a proxy like this could do.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.framing import LongLine
-from proxy.jsonutil import json_or_none
+from proxy.dataplane.framing import LongLine
+from proxy.common.jsonutil import json_or_none
 
 NS = 1e-9
 

@@ -15,7 +15,7 @@ from typing import AsyncIterator
 from prometheus_client import Gauge
 
 from proxy.config import Admission
-from proxy.errors import ProxyError
+from proxy.dataplane.errors import ProxyError
 
 
 class AdmissionControl:

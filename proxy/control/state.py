@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from proxy.jsonutil import parse_json
+from proxy.common.jsonutil import parse_json
 
 log = logging.getLogger("ollama_sidecar.state")
 

@@ -34,7 +34,7 @@ def orphans(root: Path, files: dict[str, str]) -> list[str]:
 
 def _default_root() -> Path:
     # The repository this module lives in when run from a checkout, else the cwd.
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     return repo if (repo / "pyproject.toml").is_file() else Path.cwd()
 
 

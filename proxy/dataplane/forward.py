@@ -7,7 +7,7 @@ streams through untouched with a counter and a duration.
 
 Streams are relayed chunk by chunk as they arrive; nothing waits for the end. The only
 edit the proxy ever makes to a stream is removing the usage event it asked for on
-behalf of an OpenAI client that did not (see :class:`proxy.observe.SSEStreamObserver`).
+behalf of an OpenAI client that did not (see :class:`proxy.dataplane.observe.SSEStreamObserver`).
 A client that goes away cancels the handler (``handler_cancellation``), which closes the
 upstream connection at once so Ollama stops generating for nobody.
 """
@@ -27,19 +27,19 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.admission import AdmissionControl
+from proxy.dataplane.admission import AdmissionControl
 from proxy.config import ProxyConfig
-from proxy.errors import (ProxyError, classify_upstream_status, describe_body, error_body,
+from proxy.dataplane.errors import (ProxyError, classify_upstream_status, describe_body, error_body,
                           error_response, stream_error_line)
-from proxy.framing import ForwardingFramer, LineFramer, LongLine
-from proxy.jsonutil import json_or_none, parse_json
-from proxy.instrument import Recorder
-from proxy.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats,
+from proxy.dataplane.framing import ForwardingFramer, LineFramer, LongLine
+from proxy.common.jsonutil import json_or_none, parse_json
+from proxy.dataplane.instrument import Recorder
+from proxy.dataplane.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats,
                            SSEStreamObserver, endpoint_label, read_long_object, read_reply_body)
-from proxy.passthrough import Passthrough
-from proxy.routing import DIRECT_ROUTE, Decision, RouteTable
-from proxy.sessions import extract_session, session_hash
-from proxy.upstream import Upstream, forward_headers, relay_chunks
+from proxy.dataplane.passthrough import Passthrough
+from proxy.control.routing import DIRECT_ROUTE, Decision, RouteTable
+from proxy.dataplane.sessions import extract_session, session_hash
+from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
 
 access_log = logging.getLogger("ollama_sidecar.access")
 log = logging.getLogger("ollama_sidecar.proxy")

@@ -15,10 +15,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.alertmanager import PayloadError, handle_notification, parse_payload
-from proxy.breaker import Breakers
-from proxy.control import ControlPlane, RouteError
-from proxy.jsonutil import parse_json
+from proxy.control.alertmanager import PayloadError, handle_notification, parse_payload
+from proxy.control.breaker import Breakers
+from proxy.control.plane import ControlPlane, RouteError
+from proxy.common.jsonutil import parse_json
 
 log = logging.getLogger("ollama_sidecar.admin")
 

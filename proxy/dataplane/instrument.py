@@ -11,10 +11,10 @@ from collections import defaultdict
 
 from proxy import __version__
 from proxy.config import ProxyConfig
-from proxy.label_values import clean_label
+from proxy.dataplane.label_values import clean_label
 from proxy.metrics import ProxyMetrics
-from proxy.observe import ENDPOINTS, ReplyStats
-from proxy.sessions import NO_SESSION, OVERFLOW, SessionLabels
+from proxy.dataplane.observe import ENDPOINTS, ReplyStats
+from proxy.dataplane.sessions import NO_SESSION, OVERFLOW, SessionLabels
 
 
 def canonical_model(name: str) -> str:

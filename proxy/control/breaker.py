@@ -16,7 +16,7 @@ from collections import deque
 from typing import Callable
 
 from proxy.metrics import SERVER_SIDE_ERRORS, ProxyMetrics
-from proxy.routing import Decision, RouteTable
+from proxy.control.routing import Decision, RouteTable
 
 log = logging.getLogger("ollama_sidecar.breaker")
 

@@ -18,7 +18,7 @@ Per arm (``arm="stable"`` and ``arm="canary"`` of ``route="ROUTE"``) over ``--wi
 - tokens/s: ``1 / mean time per output token``, i.e. generated tokens per second of
   decode time for a typical request, not the arm's aggregate throughput.
 
-Then a one-line verdict; the rules are :data:`proxy.stats.RULES_TEXT` (in ``--help``).
+Then a one-line verdict; the rules are :data:`proxy.commands.stats.RULES_TEXT` (in ``--help``).
 
 Exit codes: 0 a report was printed, whatever its verdict (an unknown route or a window
 without traffic is "not enough data", not an error); 2 the report could not be made:
@@ -41,7 +41,7 @@ from typing import Any, Callable
 import requests
 
 from proxy import metrics as pm
-from proxy import stats
+from proxy.commands import stats
 
 ARMS = ("stable", "canary")
 # Prometheus's duration syntax (units in descending order, each at most once).

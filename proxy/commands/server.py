@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy.app import DRAIN, FORWARDER, build_app
 from proxy.config import ConfigError, ProxyConfig, load_config
-from proxy.listen import parse_listen
+from proxy.common.listen import parse_listen
 
 log = logging.getLogger("ollama_sidecar.proxy")
 

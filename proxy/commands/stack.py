@@ -27,7 +27,7 @@ from typing import Any
 import requests
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = REPO_ROOT / "provisioning"
 STABLE_MODEL = "qwen3:8b"
 CANARY_MODEL = "qwen3:8b-ft"
