@@ -13,26 +13,27 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
+from proxy.config import ProxyConfig
 from proxy.control.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, make_auth_middleware
-from proxy.dataplane.admission import AdmissionControl
 from proxy.control.alertmanager import Reconciler
 from proxy.control.breaker import Breakers
-from proxy.config import ProxyConfig
 from proxy.control.plane import ControlPlane
+from proxy.control.reload import ConfigReloader
+from proxy.control.routing import RouteTable
+from proxy.dataplane.admission import AdmissionControl
 from proxy.dataplane.forward import Forwarder
 from proxy.dataplane.guards import make_request_guard
 from proxy.dataplane.http_log import install_malformed_request_filter
 from proxy.dataplane.instrument import Recorder
 from proxy.dataplane.label_values import CleanedRegistry
 from proxy.metrics import ProxyMetrics
-from proxy.control.reload import ConfigReloader
-from proxy.control.routing import RouteTable
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -114,7 +115,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         await forwarder.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/metrics", make_metrics_handler(metrics.registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_admin_routes(app)
@@ -122,16 +123,22 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     return app
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    registry = request.app[METRICS].registry
-    try:
-        body = generate_latest(registry)
-    except UnicodeError:
-        # Labels are cleaned where they are made; this is the net under that rule, so
-        # one bad series can never blind Prometheus (and with it the rollback alerts).
-        log.error("a label value is not valid UTF-8; /metrics served with it cleaned")
-        body = generate_latest(CleanedRegistry(registry))  # type: ignore[arg-type]
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def make_metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """prometheus_client's own aiohttp handler (text or OpenMetrics by the Accept header,
+    gzip when asked), with a net under it: labels are cleaned where they are made, but
+    should one ever slip through, the scrape is served with it cleaned instead of failing,
+    so one bad series can never blind Prometheus and with it the rollback alerts."""
+    plain = make_aiohttp_handler(registry)
+    cleaned = make_aiohttp_handler(CleanedRegistry(registry))  # type: ignore[arg-type]
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        try:
+            return await plain(request)
+        except UnicodeError:
+            log.error("a label value is not valid UTF-8; /metrics served with it cleaned")
+            return await cleaned(request)
+
+    return metrics_handler
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -10,6 +10,10 @@ tests and benchmarks can run several proxies in one process without sharing coun
 
 from __future__ import annotations
 
+import contextlib
+from enum import StrEnum
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy.common.metric_spec import MetricSpec, MetricType
@@ -29,7 +33,9 @@ TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
     10.0, 20.0, 40.0, 80.0, 160.0, 640.0,
 )
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# Time per output token: OpenTelemetry's buckets stop at 2.5 s, where a decode stall (a
+# model spilled to CPU, a GPU shared with a training job) would vanish into +Inf.
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0)
 PHASE_BUCKETS = (
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
     160.0, 320.0, 640.0,
@@ -177,13 +183,51 @@ ALL: tuple[MetricSpec, ...] = (
 # Route change reasons besides alert:<alertname>; their series start at 0 for every route.
 ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "resume")
 
-# error_type values (docs/metrics.md explains each). Server-side ones count against a canary.
-ERROR_TYPES = (
-    "none", "bad_request", "unauthorized", "model_not_found", "upstream_4xx", "upstream_5xx",
-    "overloaded", "connect", "timeout", "stream_interrupted", "upstream_invalid", "client_disconnect",
-    "internal",
-)
-SERVER_SIDE_ERRORS = frozenset({"upstream_5xx", "timeout", "connect", "stream_interrupted", "upstream_invalid"})
+class ErrorType(StrEnum):
+    """``error_type``: what went wrong with a request, from the client's point of view
+    (docs/metrics.md explains each). ``NONE`` is success."""
+
+    NONE = "none"
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    MODEL_NOT_FOUND = "model_not_found"
+    UPSTREAM_4XX = "upstream_4xx"
+    UPSTREAM_5XX = "upstream_5xx"
+    OVERLOADED = "overloaded"
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    STREAM_INTERRUPTED = "stream_interrupted"
+    UPSTREAM_INVALID = "upstream_invalid"
+    CLIENT_DISCONNECT = "client_disconnect"
+    INTERNAL = "internal"
+
+
+class Arm(StrEnum):
+    """``arm``: which side of a route served a request; ``DIRECT`` when no route did."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+    DIRECT = "direct"
+
+
+# Label values that stand for "does not apply". They share a spelling on the wire
+# (dashboards and rules rely on it) but not a name in code.
+NO_ROUTE = "none"  # route: the client asked for a model, not a route alias
+NO_MODEL = "none"  # model: the request names no model (passthrough, refused early)
+NO_SESSION = "none"  # session: the request carried no session id
+OVERFLOW = "other"  # a capped label (session, model) that is full
+UNCONFIRMED_MODEL = "unknown"  # model: a name Ollama did not confirm (404, failed request)
+
+ERROR_TYPES = tuple(e.value for e in ErrorType)
+SERVER_SIDE_ERRORS = frozenset({ErrorType.UPSTREAM_5XX, ErrorType.TIMEOUT, ErrorType.CONNECT,
+                                ErrorType.STREAM_INTERRUPTED, ErrorType.UPSTREAM_INVALID})
+"""Server-side failures: what the breaker and the canary alerts count against an arm."""
+
+
+def remove_series(metric: Any, *labels: str) -> None:
+    """Remove one labelled series if it exists (older prometheus_client raised KeyError)."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
 
 
 def _build(spec: MetricSpec, registry: CollectorRegistry):

@@ -8,17 +8,17 @@ mistake does not hand its routing to the network.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.common.bearer import token_matches
+from proxy.common.jsonutil import parse_json
 from proxy.control.alertmanager import PayloadError, handle_notification, parse_payload
 from proxy.control.breaker import Breakers
 from proxy.control.plane import ControlPlane, RouteError
-from proxy.common.jsonutil import parse_json
 
 log = logging.getLogger("ollama_sidecar.admin")
 
@@ -56,8 +56,7 @@ def make_auth_middleware(precheck: Callable[[web.Request], web.StreamResponse | 
                 return _unauthorized(request, 403, "admin API answers only loopback clients when no admin "
                                      "token is configured (set OLLAMA_SIDECAR_ADMIN_TOKEN)")
             return await handler(request)
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        if not token_matches(request.headers.get("Authorization"), (expected,)):
             return _unauthorized(request, 401, "missing or wrong admin token: send 'Authorization: Bearer <token>'")
         return await handler(request)
 

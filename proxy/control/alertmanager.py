@@ -1,10 +1,11 @@
 """Alertmanager drives rollbacks: the webhook receiver and the reconcile loop.
 
-Alertmanager retries 5xx and treats every 2xx as delivered (REFERENCE section 4). So the
-receiver validates the whole payload first (400 and no change when malformed: retrying
-it would not help), acknowledges alerts it has no business with (200, counted as
-ignored, or Alertmanager would retry them until group_interval), and is idempotent on
-``fingerprint@startsAt`` because retries and HA pairs deliver the same alert twice.
+Alertmanager retries 5xx and treats every 2xx as delivered (its notify/webhook/webhook.go
+and the docs' ``<webhook_config>``). So the receiver validates the whole payload first
+(400 and no change when malformed: retrying it would not help), acknowledges alerts it
+has no business with (200, counted as ignored, or Alertmanager would retry them until
+group_interval), and is idempotent on ``fingerprint@startsAt`` because retries and HA
+pairs deliver the same alert twice.
 
 Webhooks get lost (a proxy restarting, a network blip after Alertmanager gave up), and
 with several proxy replicas each must act. The reconcile loop asks Alertmanager which
@@ -16,32 +17,25 @@ state in both directions; both paths decide through :func:`alert_decision`.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
 
-from proxy.control.plane import ControlPlane, RouteError
 from proxy.common.jsonutil import parse_json
-from proxy.metrics import ProxyMetrics
+from proxy.common.rfc3339 import parse_rfc3339
+from proxy.control.plane import ControlPlane, RouteError
 from proxy.control.routing import RouteState
+from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.alertmanager")
 
 
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
 def parse_time(text: str) -> float | None:
     """Unix time of an RFC 3339 timestamp as Alertmanager writes it (nanoseconds, ``Z``)."""
-    try:
-        return datetime.datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_rfc3339(text)
 
 
 class PayloadError(ValueError):

@@ -2,7 +2,8 @@
 
 The windows always run (they feed ``ollama-sidecar status``'s live rates); the breaker
 acts only where a route enables it. It follows what progressive-delivery users ask for
-(REFERENCE section 5): too little canary traffic is inconclusive, never a failure;
+in Flagger's and Argo Rollouts' issue trackers (and Argo's docs on inconclusive analysis
+runs): too little canary traffic is inconclusive, never a failure;
 only server-side failures count (a client's bad request says nothing about the model);
 the canary can be compared with stable, not only with a fixed threshold; and each trip
 is a recorded decision with a reason (``breaker``).
@@ -15,13 +16,14 @@ import time
 from collections import deque
 from typing import Callable
 
-from proxy.metrics import SERVER_SIDE_ERRORS, ProxyMetrics
 from proxy.control.routing import Decision, RouteTable
+from proxy.metrics import SERVER_SIDE_ERRORS, Arm, ErrorType, ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.breaker")
 
 # Outcomes that say nothing about the model's health: left out of both counts.
-NOT_COUNTED = frozenset({"bad_request", "client_disconnect", "model_not_found", "unauthorized"})
+NOT_COUNTED = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.MODEL_NOT_FOUND,
+                         ErrorType.UNAUTHORIZED})
 LIVE_WINDOW = 60.0
 
 
@@ -63,8 +65,8 @@ class Breakers:
         self.clock = clock
         self.windows: dict[tuple[str, str], ArmWindow] = {}
 
-    def observe(self, decision: Decision, error_type: str) -> None:
-        if error_type in NOT_COUNTED or decision.arm not in ("stable", "canary"):
+    def observe(self, decision: Decision, error_type: ErrorType) -> None:
+        if error_type in NOT_COUNTED or decision.arm == Arm.DIRECT:
             return
         now = self.clock()
         key = (decision.route, decision.arm)
@@ -77,7 +79,7 @@ class Breakers:
             return
         cfg = state.breaker
         window.trim(now - self.horizon(decision.route))
-        if not cfg.enabled or decision.arm != "canary" or state.rolled_back:
+        if not cfg.enabled or decision.arm != Arm.CANARY or state.rolled_back:
             return
         n, failed = window.counts()
         ratio = failed / n if n else 0.0
@@ -85,7 +87,7 @@ class Breakers:
         if n < cfg.min_requests or ratio < cfg.failure_ratio:
             return
         if cfg.stable_margin is not None:
-            stable = self.windows.get((decision.route, "stable"))
+            stable = self.windows.get((decision.route, Arm.STABLE))
             if stable:
                 stable.trim(now - cfg.window)
             s_n, s_failed = stable.counts() if stable else (0, 0)
@@ -107,7 +109,7 @@ class Breakers:
         now = self.clock()
         span = self.horizon(route)
         out: dict[str, dict[str, float | None]] = {}
-        for arm in ("stable", "canary"):
+        for arm in (Arm.STABLE, Arm.CANARY):
             window = self.windows.get((route, arm))
             if window:
                 window.trim(now - span)

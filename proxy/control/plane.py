@@ -19,10 +19,10 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from proxy.config import ProxyConfig, RouteConfig
-from proxy.dataplane.instrument import canonical_model
-from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, ProxyMetrics
 from proxy.control.routing import RouteState, RouteTable
 from proxy.control.state import StateFile
+from proxy.dataplane.instrument import canonical_model
+from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, Arm, ErrorType, ProxyMetrics, remove_series
 
 log = logging.getLogger("ollama_sidecar.control")
 
@@ -139,16 +139,13 @@ class ControlPlane:
     def _export(self, state: RouteState, previous: RouteState | None = None) -> None:
         m = self.metrics
         if previous is not None and (previous.stable, previous.canary) != (state.stable, state.canary):
-            try:
-                m.route_info.remove(previous.name, previous.stable, previous.canary or "")
-            except KeyError:
-                pass
+            remove_series(m.route_info, previous.name, previous.stable, previous.canary or "")
         m.route_info.labels(state.name, state.stable, state.canary or "").set(1)
         # Zero-valued series for what alerts and dashboards take rates and increases of: a
         # series born at 1 hides its first increment from rate() and increase().
-        for arm, model in (("stable", state.stable), ("canary", state.canary)):
+        for arm, model in ((Arm.STABLE, state.stable), (Arm.CANARY, state.canary)):
             if model:
-                for error_type in ("none", *sorted(SERVER_SIDE_ERRORS)):
+                for error_type in (ErrorType.NONE, *sorted(SERVER_SIDE_ERRORS)):
                     m.route_requests.labels(state.name, arm, canonical_model(model), error_type)
         for reason in ROUTE_CHANGE_REASONS:
             m.route_changes.labels(state.name, reason)
@@ -239,14 +236,8 @@ class ControlPlane:
             if name not in new_config.routes:
                 old = table.routes.pop(name)
                 for metric in (self.metrics.route_canary_weight, self.metrics.route_rolled_back):
-                    try:
-                        metric.remove(name)
-                    except KeyError:
-                        pass
-                try:
-                    self.metrics.route_info.remove(name, old.stable, old.canary or "")
-                except KeyError:
-                    pass
+                    remove_series(metric, name)
+                remove_series(self.metrics.route_info, name, old.stable, old.canary or "")
                 changed.append(name)
         for name, cfg in new_config.routes.items():
             current = table.routes.get(name)

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from proxy.config import BreakerConfig, ProxyConfig, RouteConfig
-
-DIRECT_ROUTE = "none"
+from proxy.metrics import NO_ROUTE, Arm
 
 
 @dataclass(frozen=True)
 class Decision:
-    route: str  # alias, or "none" when a concrete model was asked for
-    arm: str  # "stable", "canary" or "direct"
+    route: str  # alias, or NO_ROUTE when a concrete model was asked for
+    arm: Arm
     model: str  # the model that serves the request
     upstream: str  # base URL of the Ollama that serves it
 
@@ -69,14 +68,14 @@ def bucket(route: str, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64 * 100.0
 
 
-def choose_arm(state: RouteState, session_key: str | None, rng: random.Random = random._inst) -> str:  # type: ignore[attr-defined]
+def choose_arm(state: RouteState, session_key: str | None, rng: random.Random = random._inst) -> Arm:  # type: ignore[attr-defined]
     weight = state.effective_weight
     if weight <= 0:
-        return "stable"
+        return Arm.STABLE
     if weight >= 100:
-        return "canary"
+        return Arm.CANARY
     point = bucket(state.name, session_key) if session_key else rng.random() * 100.0
-    return "canary" if point < weight else "stable"
+    return Arm.CANARY if point < weight else Arm.STABLE
 
 
 class RouteTable:
@@ -90,9 +89,9 @@ class RouteTable:
     def decide(self, requested: str, session_key: str | None) -> Decision:
         state = self.routes.get(requested)
         if state is None:
-            return Decision(DIRECT_ROUTE, "direct", requested, self.config.upstream_for(requested))
+            return Decision(NO_ROUTE, Arm.DIRECT, requested, self.config.upstream_for(requested))
         arm = choose_arm(state, session_key)
-        model = state.canary if arm == "canary" and state.canary else state.stable
+        model = state.canary if arm == Arm.CANARY and state.canary else state.stable
         return Decision(state.name, arm, model, self.config.upstream_for(model))
 
     def session_sources(self, requested: str) -> tuple[str, ...] | None:

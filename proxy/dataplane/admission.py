@@ -16,6 +16,7 @@ from prometheus_client import Gauge
 
 from proxy.config import Admission
 from proxy.dataplane.errors import ProxyError
+from proxy.metrics import ErrorType
 
 
 class AdmissionControl:
@@ -27,7 +28,7 @@ class AdmissionControl:
 
     def _overloaded(self, why: str) -> ProxyError:
         retry = str(max(1, math.ceil(self.settings.queue_timeout)))
-        return ProxyError(503, "overloaded", f"proxy overloaded: {why}; retry later",
+        return ProxyError(503, ErrorType.OVERLOADED, f"proxy overloaded: {why}; retry later",
                           headers={"Retry-After": retry})
 
     @asynccontextmanager

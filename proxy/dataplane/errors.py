@@ -13,6 +13,8 @@ import re
 
 from aiohttp import web
 
+from proxy.metrics import ErrorType
+
 OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
                 413: "invalid_request_error", 431: "invalid_request_error"}
 
@@ -20,7 +22,7 @@ OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404:
 class ProxyError(Exception):
     """A request the proxy answers itself, with a status and a human message."""
 
-    def __init__(self, status: int, error_type: str, message: str,
+    def __init__(self, status: int, error_type: ErrorType, message: str,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -71,14 +73,14 @@ def describe_body(body: bytes) -> str:
     return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 1] + "…"
 
 
-def classify_upstream_status(status: int, instrumented: bool) -> str:
+def classify_upstream_status(status: int, instrumented: bool) -> ErrorType:
     """error_type for an upstream reply status (the reply itself is forwarded as-is)."""
     if status < 400:
-        return "none"
+        return ErrorType.NONE
     if status == 404 and instrumented:
-        return "model_not_found"
+        return ErrorType.MODEL_NOT_FOUND
     if status in (429, 503):
-        return "overloaded"
+        return ErrorType.OVERLOADED
     if status == 499:
-        return "client_disconnect"
-    return "upstream_5xx" if status >= 500 else "upstream_4xx"
+        return ErrorType.CLIENT_DISCONNECT
+    return ErrorType.UPSTREAM_5XX if status >= 500 else ErrorType.UPSTREAM_4XX

@@ -15,8 +15,6 @@ upstream connection at once so Ollama stops generating for nobody.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import json
 import logging
 import time
@@ -27,21 +25,22 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.dataplane.admission import AdmissionControl
-from proxy.config import ProxyConfig
-from proxy.dataplane.errors import (ProxyError, classify_upstream_status, describe_body, error_body,
-                          error_response, stream_error_line)
-from proxy.dataplane.framing import ForwardingFramer, LineFramer, LongLine
+from proxy.common.bearer import token_matches
 from proxy.common.jsonutil import json_or_none, parse_json
-from proxy.dataplane.instrument import Recorder
-from proxy.dataplane.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats,
-                           SSEStreamObserver, endpoint_label, read_long_object, read_reply_body)
+from proxy.config import ProxyConfig
+from proxy.control.routing import Decision, RouteTable
+from proxy.dataplane.admission import AdmissionControl
+from proxy.dataplane.errors import (ProxyError, classify_upstream_status, describe_body, error_body, error_response,
+                                    stream_error_line)
+from proxy.dataplane.framing import ForwardingFramer, LineFramer, LongLine
+from proxy.dataplane.instrument import Recorder, RequestRecord
+from proxy.dataplane.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, ReplyStats, SSEStreamObserver,
+                                     endpoint_label, read_long_object, read_reply_body)
 from proxy.dataplane.passthrough import Passthrough
-from proxy.control.routing import DIRECT_ROUTE, Decision, RouteTable
-from proxy.dataplane.sessions import extract_session, session_hash
+from proxy.dataplane.sessions import extract_session
 from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
+from proxy.metrics import NO_MODEL, NO_ROUTE, Arm, ErrorType
 
-access_log = logging.getLogger("ollama_sidecar.access")
 log = logging.getLogger("ollama_sidecar.proxy")
 
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
@@ -93,8 +92,8 @@ class Forwarder:
         try:
             self._authorize(request)
         except ProxyError as err:
-            self.recorder.request(endpoint_label(path), DIRECT_ROUTE, "direct", "none", "none",
-                                  err.error_type, time.perf_counter() - start, None)
+            self.recorder.record(RequestRecord(endpoint_label(path), error_type=err.error_type,
+                                               status=err.status, duration=time.perf_counter() - start))
             return error_response(path, err)
         endpoint = ENDPOINTS.get(path) if request.method == "POST" else None
         if endpoint is None:
@@ -102,61 +101,51 @@ class Forwarder:
         return await self._instrumented(request, endpoint, start)
 
     def _authorize(self, request: web.Request) -> None:
-        if not self._api_keys:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode()
-        ok = False
-        for key in self._api_keys:  # compare with every key: timing reveals nothing
-            ok |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not ok:
-            raise ProxyError(401, "unauthorized", "gateway token missing or invalid: send "
+        if self._api_keys and not token_matches(request.headers.get("Authorization"), self._api_keys):
+            raise ProxyError(401, ErrorType.UNAUTHORIZED, "gateway token missing or invalid: send "
                              "'Authorization: Bearer <key>' with a key configured in auth.api_keys")
 
     # --- instrumented endpoints -------------------------------------------------------------
     async def _read_json(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise ProxyError(413, "bad_request", f"request body of {request.content_length} bytes is "
+            raise ProxyError(413, ErrorType.BAD_REQUEST, f"request body of {request.content_length} bytes is "
                              f"over the proxy's limit of {limit} bytes (max_body_bytes)")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise ProxyError(413, "bad_request", f"request body is over the proxy's limit of "
+            raise ProxyError(413, ErrorType.BAD_REQUEST, f"request body is over the proxy's limit of "
                              f"{limit} bytes (max_body_bytes)") from None
         if not raw.strip():
-            raise ProxyError(400, "bad_request", "missing request body")
+            raise ProxyError(400, ErrorType.BAD_REQUEST, "missing request body")
         try:
             body = parse_json(raw)
         except ValueError as exc:
-            raise ProxyError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
+            raise ProxyError(400, ErrorType.BAD_REQUEST, f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise ProxyError(400, "bad_request", "request body must be a JSON object")
+            raise ProxyError(400, ErrorType.BAD_REQUEST, "request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise ProxyError(400, "bad_request", "model is required")
+            raise ProxyError(400, ErrorType.BAD_REQUEST, "model is required")
         if len(model) > MAX_MODEL_NAME or not model.isprintable():
-            raise ProxyError(400, "bad_request", "model name is too long or contains control characters")
+            raise ProxyError(400, ErrorType.BAD_REQUEST, "model name is too long or contains control characters")
         return raw, body
 
     async def _instrumented(self, request: web.Request, endpoint: Endpoint, start: float) -> web.StreamResponse:
         path = endpoint.name
-        session_label = "none"
-        decision = Decision(DIRECT_ROUTE, "direct", "none", self.config.upstream)
-        model_label, admitted = "none", False
-        error_type = "none"
         stats = ReplyStats()
-        status = 0
+        rec = RequestRecord(path, start=start, stats=stats)
+        decision = Decision(NO_ROUTE, Arm.DIRECT, NO_MODEL, self.config.upstream)
         try:
             raw, body = await self._read_json(request)
             requested = body["model"]
             session_raw = extract_session(self.config.session_sources, request.headers, body)
-            session_label = self.recorder.session_label(session_raw)
+            rec.session = self.recorder.session_label(session_raw)
             sources = self.routes.session_sources(requested)
             key = session_raw if sources is None else extract_session(sources, request.headers, body)
             decision = self.routes.decide(requested, key)
-            model_label, admitted = self.recorder.model_label(decision.model, decision.route != DIRECT_ROUTE)
+            rec.route, rec.arm = decision.route, decision.arm
+            rec.model, rec.model_admitted = self.recorder.model_label(decision.model, decision.route != NO_ROUTE)
 
             stream = body.get("stream", endpoint.stream_default) is not False
             strip_usage = False
@@ -172,71 +161,37 @@ class Forwarder:
                 raw = json.dumps(body, separators=(",", ":")).encode()
 
             headers = forward_headers(request.headers, frozenset({"accept-encoding"}) | self._drop)
-            in_flight = self.recorder.metrics.in_flight.labels(decision.route, decision.arm, model_label)
+            in_flight = self.recorder.metrics.in_flight.labels(decision.route, decision.arm, rec.model)
             async with self.admission.slot():
                 in_flight.inc()
                 try:
-                    status, error_type, response = await self._exchange(
+                    rec.status, rec.error_type, response = await self._exchange(
                         request, endpoint, decision, raw, headers, strip_usage, stats)
                 finally:
                     in_flight.dec()
             return response
         except ProxyError as err:
-            error_type, status = err.error_type, err.status
+            rec.error_type, rec.status = err.error_type, err.status
             response = error_response(path, err)
             self._route_headers(response, decision)
             return response
         except asyncio.CancelledError:
             # A client that hangs up right after the last event (SDKs close on [DONE]) got
             # everything: that is a success, not a disconnect.
-            error_type = "none" if stats.finished and error_type == "none" else "client_disconnect"
+            if not (stats.finished and rec.error_type == ErrorType.NONE):
+                rec.error_type = ErrorType.CLIENT_DISCONNECT
             raise
         except Exception:
             # A bug of ours must not cost the client its protocol or the proxy its life.
             log.exception("internal error on %s (model %s)", path, header_value(decision.model))
-            error_type, status = "internal", 500
-            return error_response(path, ProxyError(500, "internal", "internal error in ollama-sidecar; "
-                                                   "see the proxy's log"))
+            rec.error_type, rec.status = ErrorType.INTERNAL, 500
+            return error_response(path, ProxyError(500, ErrorType.INTERNAL, "internal error in "
+                                                   "ollama-sidecar; see the proxy's log"))
         finally:
-            if decision.route == DIRECT_ROUTE and (
-                    error_type == "model_not_found" or (admitted and not 200 <= status < 300)):
-                # A name Ollama has not confirmed (a typo, a scanner's guess, a request that
-                # failed before Ollama could say) gets no series of its own and keeps no slot.
-                self.recorder.release_model(decision.model)
-                if admitted:
-                    with contextlib.suppress(KeyError):
-                        self.recorder.metrics.in_flight.remove(decision.route, decision.arm, model_label)
-                model_label = "unknown"
-            duration = time.perf_counter() - start
-            self.recorder.request(path, decision.route, decision.arm, model_label, session_label,
-                                  error_type, duration, stats)
-            if endpoint.generates:
-                self._record_timings(endpoint, decision, model_label, stats, start)
-            if self.on_result is not None and decision.route != DIRECT_ROUTE:
-                self.on_result(decision, error_type)
-            if self.config.access_log:
-                access_log.info(json.dumps({
-                    "endpoint": path, "route": decision.route, "arm": decision.arm,
-                    "model": model_label, "session": session_hash(session_label)
-                    if session_label not in ("none", "other") else session_label,
-                    "status": status or 499, "error_type": error_type, "duration": round(duration, 6),
-                    "ttft": round(stats.first_content_at - start, 6) if stats.first_content_at else None,
-                    "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-                }))
-
-    def _record_timings(self, endpoint: Endpoint, d: Decision, model_label: str, stats: ReplyStats,
-                        start: float) -> None:
-        labels = (endpoint.name, d.route, d.arm, model_label)
-        if stats.first_content_at is not None:
-            self.recorder.ttft(*labels, stats.first_content_at - start)
-        elif stats.load_duration is not None or stats.prompt_eval_duration is not None:
-            # Non-stream reply: the upstream's own account of time before the first token.
-            self.recorder.ttft(*labels, (stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0))
-        n = stats.completion_tokens
-        if stats.eval_duration is not None and n:
-            self.recorder.tpot(*labels, stats.eval_duration / n)
-        elif n and n > 1 and stats.first_content_at is not None and stats.last_content_at is not None:
-            self.recorder.tpot(*labels, (stats.last_content_at - stats.first_content_at) / (n - 1))
+            rec.duration = time.perf_counter() - start
+            self.recorder.record(rec)
+            if self.on_result is not None and decision.route != NO_ROUTE:
+                self.on_result(decision, rec.error_type)
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:
@@ -246,7 +201,7 @@ class Forwarder:
 
     async def _exchange(self, request: web.Request, endpoint: Endpoint, decision: Decision, raw: bytes,
                         headers: CIMultiDict[str], strip_usage: bool,
-                        stats: ReplyStats) -> tuple[int, str, web.StreamResponse]:
+                        stats: ReplyStats) -> tuple[int, ErrorType, web.StreamResponse]:
         resp = await self.upstream.send(request, decision.upstream, raw, headers)
         try:
             status = resp.status
@@ -270,7 +225,7 @@ class Forwarder:
             if status == 200:
                 obj = json_or_none(head)
                 if not isinstance(obj, dict):
-                    raise ProxyError(502, "upstream_invalid", f"upstream Ollama at {decision.upstream} answered "
+                    raise ProxyError(502, ErrorType.UPSTREAM_INVALID, f"upstream Ollama at {decision.upstream} answered "
                                      f"200 with a body that is not a JSON object: {describe_body(head)}")
                 read_reply_body(endpoint, obj, stats)
             elif status >= 400 and not isinstance(json_or_none(head), dict):
@@ -294,7 +249,7 @@ class Forwarder:
 
     async def _relay_long_reply(self, request: web.Request, resp: aiohttp.ClientResponse,
                                 headers: CIMultiDict[str], head: bytes, endpoint: Endpoint,
-                                decision: Decision, stats: ReplyStats) -> tuple[web.StreamResponse, str | None]:
+                                decision: Decision, stats: ReplyStats) -> tuple[web.StreamResponse, ErrorType | None]:
         """Relay a non-stream reply longer than ``max_parsed_reply_bytes`` as it arrives.
 
         Holding a 300 MiB embedding reply whole took the proxy to a gigabyte. Past the
@@ -325,14 +280,14 @@ class Forwarder:
             resp.close()
             if request.transport is not None:
                 request.transport.abort()
-            return out, "timeout" if isinstance(exc, TimeoutError) else "stream_interrupted"
+            return out, ErrorType.TIMEOUT if isinstance(exc, TimeoutError) else ErrorType.STREAM_INTERRUPTED
         await out.write_eof()
         if resp.status == 200 and (obj := read_long_object(ends)) is not None:
             read_reply_body(endpoint, obj, stats)
         return out, None
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse,
-                            endpoint: Endpoint, stats: ReplyStats, strip_usage: bool) -> str | None:
+                            endpoint: Endpoint, stats: ReplyStats, strip_usage: bool) -> ErrorType | None:
         """Relay a stream; returns the error_type if it did not end properly."""
         await out.prepare(request)
         idle = self.config.timeouts.idle
@@ -340,7 +295,7 @@ class Forwarder:
         sse = endpoint.protocol == "openai"
         observer: Any = SSEStreamObserver(stats, strip_usage) if sse else NativeStreamObserver(stats)
         framer: Any = ForwardingFramer(max_line) if strip_usage else LineFramer(max_line)
-        error_type: str | None = None
+        error_type: ErrorType | None = None
         message = ""
         last = b""  # ends with the last bytes the client received: is a line or an event open?
 
@@ -379,17 +334,17 @@ class Forwarder:
             resp.close()
             raise asyncio.CancelledError() from None
         except TimeoutError:
-            error_type = "timeout"
+            error_type = ErrorType.TIMEOUT
             message = f"upstream Ollama sent nothing for {idle:g}s (timeouts.idle); stream ended by the proxy"
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            error_type = "stream_interrupted"
+            error_type = ErrorType.STREAM_INTERRUPTED
             message = f"upstream Ollama closed the stream early ({type(exc).__name__})"
         except Exception:
             # A bug of ours after the status line went out: end the stream in the client's
             # protocol rather than writing a second response into it.
             log.exception("internal error relaying a stream on %s", endpoint.name)
             resp.close()
-            error_type = "internal"
+            error_type = ErrorType.INTERNAL
             message = "internal error in ollama-sidecar; see the proxy's log"
         mid_line = framer.mid_line
         tail = framer.flush()
@@ -405,7 +360,7 @@ class Forwarder:
                 await out.write(kept)
                 last = kept if len(kept) > 1 else last[-1:] + kept
         elif tail is not None and error_type is None:
-            error_type = "stream_interrupted"  # a broken fragment is never relayed
+            error_type = ErrorType.STREAM_INTERRUPTED  # a broken fragment is never relayed
             message = "upstream Ollama ended the stream in the middle of a line"
         for long_line in getattr(framer, "long_lines", ()):
             observer.long_line(long_line, time.perf_counter())
@@ -415,9 +370,9 @@ class Forwarder:
         if framer.overlong:
             unparsed.labels(endpoint.name, "too_long").inc(framer.overlong)
         if error_type is None and stats.error is not None:
-            return "stream_interrupted"  # the upstream's own error line already reached the client
+            return ErrorType.STREAM_INTERRUPTED  # the upstream's own error line already reached the client
         if error_type is None and not stats.finished:
-            error_type = "stream_interrupted"
+            error_type = ErrorType.STREAM_INTERRUPTED
             message = "upstream Ollama ended the stream without its final message"
         if error_type is not None:
             try:

@@ -18,8 +18,10 @@ from typing import Any, Callable
 from aiohttp import web
 
 from proxy.dataplane.errors import ProxyError, error_response
+from proxy.dataplane.instrument import RequestRecord
 from proxy.dataplane.observe import endpoint_label
-from proxy.control.routing import DIRECT_ROUTE
+from proxy.metrics import ErrorType
+
 
 def make_request_guard(forwarder: Any) -> Callable[[web.Request], web.StreamResponse | None]:
     """The check for the front middleware; reads the live config of ``forwarder`` (a reload
@@ -29,8 +31,8 @@ def make_request_guard(forwarder: Any) -> Callable[[web.Request], web.StreamResp
         problem = refusal(request, forwarder.config.max_header_bytes)
         if problem is None:
             return None
-        forwarder.recorder.request(endpoint_label(request.path), DIRECT_ROUTE, "direct", "none", "none",
-                                   problem.error_type, 0.0, None)
+        forwarder.recorder.record(RequestRecord(endpoint_label(request.path), error_type=problem.error_type,
+                                                status=problem.status))
         return error_response(request.path, problem)
 
     return request_guard
@@ -39,10 +41,10 @@ def make_request_guard(forwarder: Any) -> Callable[[web.Request], web.StreamResp
 def refusal(request: web.Request, max_header_bytes: int) -> ProxyError | None:
     """Why ``request`` is refused before routing, or None."""
     if not request.raw_path.startswith("/"):
-        return ProxyError(400, "bad_request", "the request target must be a path such as /api/chat "
+        return ProxyError(400, ErrorType.BAD_REQUEST, "the request target must be a path such as /api/chat "
                           "(this is not a forward proxy)")
     size = sum(len(name) + len(value) for name, value in request.raw_headers)
     if size > max_header_bytes:
-        return ProxyError(431, "bad_request", f"request headers total {size} bytes, over the proxy's "
+        return ProxyError(431, ErrorType.BAD_REQUEST, f"request headers total {size} bytes, over the proxy's "
                           f"limit of {max_header_bytes} bytes (max_header_bytes)")
     return None

@@ -1,20 +1,29 @@
-"""Turns one finished request into samples, and forgets sessions that went quiet.
+"""Turns one finished request into label values, samples and an access-log line.
 
-Kept apart from the forwarding code so the request path calls exactly one method per
-request, and so the series bookkeeping needed to remove an evicted session's series
-(prometheus_client removes series by their full label tuple) lives in one place.
+The request path builds one :class:`RequestRecord` and hands it over; everything that
+decides a label value lives here: the session cap, the model-label bound, relabelling a
+model name Ollama never confirmed, and the series bookkeeping needed to remove an
+evicted session's series (prometheus_client removes series by their full label tuple;
+its ``remove_by_labels`` scans every series of a metric per call, which a sweep of 200
+sessions would turn into a stall on the request path).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from proxy import __version__
 from proxy.config import ProxyConfig
 from proxy.dataplane.label_values import clean_label
-from proxy.metrics import ProxyMetrics
 from proxy.dataplane.observe import ENDPOINTS, ReplyStats
-from proxy.dataplane.sessions import NO_SESSION, OVERFLOW, SessionLabels
+from proxy.dataplane.sessions import SessionLabels, session_hash
+from proxy.metrics import (NO_MODEL, NO_ROUTE, NO_SESSION, OVERFLOW, UNCONFIRMED_MODEL, Arm, ErrorType, ProxyMetrics,
+                           remove_series)
+
+access_log = logging.getLogger("ollama_sidecar.access")
 
 
 def canonical_model(name: str) -> str:
@@ -23,18 +32,39 @@ def canonical_model(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+@dataclass(slots=True)
+class RequestRecord:
+    """What happened to one request, in label values (``model`` and ``session`` as the
+    recorder issued them). ``model_admitted`` says this request took a new model-label
+    slot, which it gives back if Ollama never confirmed the name."""
+
+    endpoint: str
+    route: str = NO_ROUTE
+    arm: Arm = Arm.DIRECT
+    model: str = NO_MODEL
+    session: str = NO_SESSION
+    error_type: ErrorType = ErrorType.NONE
+    status: int = 0
+    duration: float = 0.0
+    start: float = 0.0  # perf_counter at arrival, for time to first token
+    stats: ReplyStats | None = None
+    model_admitted: bool = field(default=False)
+
+
 class Recorder:
     def __init__(self, metrics: ProxyMetrics, config: ProxyConfig) -> None:
         self.metrics = metrics
         self.sessions = SessionLabels(config.session_label_cap, config.session_label_ttl, self._evict)
         # Models asked for directly, by name: a client could invent any number of them.
         self.model_label_cap = config.model_label_cap
+        self.access_log = config.access_log
         self._direct_models: set[str] = set()
         # session label -> label tuples it was used with, per metric
         self._request_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
         self._token_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
         metrics.build_info.labels(__version__).set(1)
 
+    # --- label values --------------------------------------------------------------------------
     def session_label(self, raw: str | None) -> str:
         label = self.sessions.label(None if raw is None else clean_label(raw))
         self.metrics.session_labels.set(len(self.sessions))
@@ -51,48 +81,81 @@ class Recorder:
         self._direct_models.add(label)
         return label, True
 
-    def release_model(self, model: str) -> None:
-        """Give back a label admitted for a model Ollama did not know (a typo, a scan)."""
-        self._direct_models.discard(canonical_model(clean_label(model)))
+    def _confirm_model(self, rec: RequestRecord) -> None:
+        """A name Ollama has not confirmed (a typo, a scanner's guess, a request that failed
+        before Ollama could say) gets no series of its own and keeps no slot."""
+        if rec.route != NO_ROUTE or not (rec.error_type == ErrorType.MODEL_NOT_FOUND
+                                         or (rec.model_admitted and not 200 <= rec.status < 300)):
+            return
+        self._direct_models.discard(rec.model)
+        if rec.model_admitted:
+            remove_series(self.metrics.in_flight, rec.route, rec.arm, rec.model)
+        rec.model = UNCONFIRMED_MODEL
 
     def _evict(self, label: str) -> None:
         m = self.metrics
         for labels in self._request_series.pop(label, ()):
-            m.requests.remove(*labels)
+            remove_series(m.requests, *labels)
         for labels in self._token_series.pop(label, ()):
-            m.tokens.remove(*labels)
+            remove_series(m.tokens, *labels)
         m.session_labels_evicted.inc()
 
-    def request(self, endpoint: str, route: str, arm: str, model: str, session: str,
-                error_type: str, duration: float, stats: ReplyStats | None) -> None:
+    # --- samples -----------------------------------------------------------------------------
+    def record(self, rec: RequestRecord) -> None:
         """Record a finished request (``stats`` only for instrumented endpoints)."""
         m = self.metrics
+        self._confirm_model(rec)
+        session = rec.session
         if session not in (NO_SESSION, OVERFLOW):
             # Re-admit: a request can outlive its session's TTL, and a series recreated for
             # an evicted value would escape the cap.
-            session = self.session_label(session)
-        labels = (endpoint, route, arm, model, session, error_type)
+            session = rec.session = self.session_label(session)
+        base = (rec.endpoint, rec.route, rec.arm, rec.model)
+        labels = (*base, session, rec.error_type)
         self._request_series[session].add(labels)
         m.requests.labels(*labels).inc()
-        if endpoint in ENDPOINTS:
-            m.route_requests.labels(route, arm, model, error_type).inc()
-        base = (endpoint, route, arm, model)
-        m.request_duration.labels(*base).observe(duration)
-        if stats is None:
-            return
-        for kind, count in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens)):
-            if count:
-                token_labels = base + (session, kind)
-                self._token_series[session].add(token_labels)
-                m.tokens.labels(*token_labels).inc(count)
-        for hist, value in ((m.load_duration, stats.load_duration),
-                            (m.prompt_eval_duration, stats.prompt_eval_duration),
-                            (m.eval_duration, stats.eval_duration)):
-            if value is not None:
-                hist.labels(*base).observe(value)
+        if rec.endpoint in ENDPOINTS:
+            m.route_requests.labels(rec.route, rec.arm, rec.model, rec.error_type).inc()
+        m.request_duration.labels(*base).observe(rec.duration)
+        stats = rec.stats
+        if stats is not None:
+            for kind, count in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens)):
+                if count:
+                    token_labels = (*base, session, kind)
+                    self._token_series[session].add(token_labels)
+                    m.tokens.labels(*token_labels).inc(count)
+            for hist, value in ((m.load_duration, stats.load_duration),
+                                (m.prompt_eval_duration, stats.prompt_eval_duration),
+                                (m.eval_duration, stats.eval_duration)):
+                if value is not None:
+                    hist.labels(*base).observe(value)
+            if ENDPOINTS[rec.endpoint].generates:
+                self._timings(base, stats, rec.start)
+            if self.access_log:
+                self._log(rec)
 
-    def ttft(self, endpoint: str, route: str, arm: str, model: str, seconds: float) -> None:
-        self.metrics.ttft.labels(endpoint, route, arm, model).observe(seconds)
+    def _timings(self, base: tuple[str, ...], stats: ReplyStats, start: float) -> None:
+        m = self.metrics
+        if stats.first_content_at is not None:
+            m.ttft.labels(*base).observe(stats.first_content_at - start)
+        elif stats.load_duration is not None or stats.prompt_eval_duration is not None:
+            # Non-stream reply: the upstream's own account of time before the first token.
+            m.ttft.labels(*base).observe((stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0))
+        n = stats.completion_tokens
+        if stats.eval_duration is not None and n:
+            m.tpot.labels(*base).observe(stats.eval_duration / n)
+        elif n and n > 1 and stats.first_content_at is not None and stats.last_content_at is not None:
+            m.tpot.labels(*base).observe((stats.last_content_at - stats.first_content_at) / (n - 1))
 
-    def tpot(self, endpoint: str, route: str, arm: str, model: str, seconds: float) -> None:
-        self.metrics.tpot.labels(endpoint, route, arm, model).observe(seconds)
+    @staticmethod
+    def _log(rec: RequestRecord) -> None:
+        """One JSON line per instrumented request: label values and numbers, never a prompt
+        and never a session id in clear."""
+        stats = rec.stats or ReplyStats()
+        access_log.info(json.dumps({
+            "endpoint": rec.endpoint, "route": rec.route, "arm": rec.arm, "model": rec.model,
+            "session": session_hash(rec.session) if rec.session not in (NO_SESSION, OVERFLOW) else rec.session,
+            "status": rec.status or 499, "error_type": rec.error_type, "duration": round(rec.duration, 6),
+            "ttft": round(stats.first_content_at - rec.start, 6) if stats.first_content_at else None,
+            "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+        }))

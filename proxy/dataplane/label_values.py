@@ -29,6 +29,9 @@ class CleanedRegistry:
     def __init__(self, registry: Any) -> None:
         self.registry = registry
 
+    def restricted_registry(self, names: Iterable[str]) -> "CleanedRegistry":
+        return CleanedRegistry(self.registry.restricted_registry(names))
+
     def collect(self) -> Iterable[Any]:
         for family in self.registry.collect():
             family.samples = [s._replace(labels={k: clean_label(v) for k, v in s.labels.items()})

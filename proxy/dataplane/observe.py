@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.dataplane.framing import LongLine
 from proxy.common.jsonutil import json_or_none
+from proxy.dataplane.framing import LongLine
+from proxy.metrics import OVERFLOW
 
 NS = 1e-9
 
@@ -54,7 +55,7 @@ def endpoint_label(path: str) -> str:
         return "/api/blobs"
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
-    return "other"
+    return OVERFLOW
 
 
 @dataclass

@@ -19,12 +19,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.dataplane.errors import ProxyError, classify_upstream_status, error_response
-from proxy.dataplane.instrument import Recorder
 from proxy.common.jsonutil import json_or_none
+from proxy.control.routing import RouteTable
+from proxy.dataplane.errors import ProxyError, classify_upstream_status, error_response
+from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.observe import endpoint_label
-from proxy.control.routing import DIRECT_ROUTE, RouteTable
 from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
+from proxy.metrics import ErrorType
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -41,7 +42,7 @@ class Passthrough:
     async def handle(self, request: web.Request, upstream: str, start: float,
                      drop: frozenset[str] = frozenset()) -> web.StreamResponse:
         endpoint = endpoint_label(request.path)
-        error_type = "none"
+        error_type = ErrorType.NONE
         try:
             alias, data, headers, path = await self._alias_request(request, drop)
             streaming_body = data is request.content
@@ -53,7 +54,7 @@ class Passthrough:
                 error_type = classify_upstream_status(resp.status, instrumented=False)
                 response, broke = await self._relay(request, resp, upstream, alias)
                 if broke:
-                    error_type = "stream_interrupted"
+                    error_type = ErrorType.STREAM_INTERRUPTED
                 return response
             except BaseException:
                 resp.close()
@@ -64,16 +65,16 @@ class Passthrough:
             error_type = err.error_type
             return error_response(request.path, err)
         except (asyncio.CancelledError, ConnectionResetError):
-            error_type = "client_disconnect"
+            error_type = ErrorType.CLIENT_DISCONNECT
             raise
         except Exception:
             log.exception("internal error forwarding %s %s", request.method, endpoint)
-            error_type = "internal"
-            return error_response(request.path, ProxyError(500, "internal", "internal error in "
+            error_type = ErrorType.INTERNAL
+            return error_response(request.path, ProxyError(500, ErrorType.INTERNAL, "internal error in "
                                                            "ollama-sidecar; see the proxy's log"))
         finally:
-            self.recorder.request(endpoint, DIRECT_ROUTE, "direct", "none", "none", error_type,
-                                  time.perf_counter() - start, None)
+            self.recorder.record(RequestRecord(endpoint, error_type=error_type,
+                                               duration=time.perf_counter() - start))
 
     async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, upstream: str,
                      alias: str | None) -> tuple[web.StreamResponse, bool]:

@@ -14,8 +14,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Iterable, Mapping
 
-NO_SESSION = "none"
-OVERFLOW = "other"
+from proxy.metrics import NO_SESSION, OVERFLOW
 
 
 def session_hash(value: str) -> str:

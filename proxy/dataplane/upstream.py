@@ -17,6 +17,7 @@ from yarl import URL
 
 from proxy.config import Timeouts
 from proxy.dataplane.errors import ProxyError
+from proxy.metrics import ErrorType
 
 # RFC 9110 hop-by-hop headers, plus those aiohttp computes itself.
 HOP_BY_HOP = frozenset({
@@ -78,16 +79,16 @@ class Upstream:
                                                   allow_redirects=False, timeout=timeout)
         except aiohttp.ClientConnectorError as exc:
             why = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else str(exc)
-            raise ProxyError(502, "connect", f"upstream Ollama at {upstream} refused the connection "
+            raise ProxyError(502, ErrorType.CONNECT, f"upstream Ollama at {upstream} refused the connection "
                              f"or is unreachable ({why})") from None
         except aiohttp.ConnectionTimeoutError:
-            raise ProxyError(502, "connect", f"upstream Ollama at {upstream} did not accept a connection "
+            raise ProxyError(502, ErrorType.CONNECT, f"upstream Ollama at {upstream} did not accept a connection "
                              f"within {t.connect:g}s (timeouts.connect)") from None
         except (TimeoutError, aiohttp.SocketTimeoutError):
-            raise ProxyError(504, "timeout", f"upstream Ollama at {upstream} sent no response within "
+            raise ProxyError(504, ErrorType.TIMEOUT, f"upstream Ollama at {upstream} sent no response within "
                              f"{t.first_byte:g}s (timeouts.first_byte)") from None
         except aiohttp.ClientError as exc:
-            raise ProxyError(502, "connect", f"upstream Ollama at {upstream} closed the connection "
+            raise ProxyError(502, ErrorType.CONNECT, f"upstream Ollama at {upstream} closed the connection "
                              f"before answering ({type(exc).__name__})") from None
 
     async def read_body(self, resp: aiohttp.ClientResponse, upstream: str) -> bytes:
@@ -115,10 +116,10 @@ class Upstream:
                     parts.append(chunk)
                     size += len(chunk)
         except TimeoutError:
-            raise ProxyError(504, "timeout", f"upstream Ollama at {upstream} stopped sending its reply "
+            raise ProxyError(504, ErrorType.TIMEOUT, f"upstream Ollama at {upstream} stopped sending its reply "
                              f"for {idle:g}s (timeouts.idle)") from None
         except aiohttp.ClientError as exc:
-            raise ProxyError(502, "stream_interrupted", f"upstream Ollama at {upstream} closed the "
+            raise ProxyError(502, ErrorType.STREAM_INTERRUPTED, f"upstream Ollama at {upstream} closed the "
                              f"connection mid-reply ({type(exc).__name__})") from None
         return b"".join(parts), False
 

@@ -1,8 +1,9 @@
 """Bytes on the wire the way Ollama (Go) writes them: compact JSON, RFC 3339 times,
 NDJSON/SSE framing, and TCP-like write boundaries that ignore line boundaries.
 
-Consumers that split raw chunks on newlines lose lines (REFERENCE section 1), so by default
-the stream writer deliberately splits lines across writes and packs several lines into one
+Consumers that split raw chunks on newlines lose lines: TCP reads do not align with the
+NDJSON lines Ollama streams (its docs/api.md, "Streaming responses"). So by default the
+stream writer deliberately splits lines across writes and packs several lines into one
 write; a faithful fake must break naive framing the way a real network does.
 """
 
