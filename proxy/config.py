@@ -1,34 +1,45 @@
-"""The proxy's settings: defaults, the YAML file, environment variables and flags.
+"""The proxy's settings: one declaration of every key drives validation and the JSON Schema.
 
-A config is validated whole and turned into frozen dataclasses before anything uses it,
-so a reload either replaces the old config entirely or not at all, and every error names
-the key that is wrong (``routes.chat.canary_weight: must be between 0 and 100``).
-Precedence: command-line flag > environment > config file > default.
+Each key of the YAML file is declared once below (:data:`ROOT` and its sections): its
+type, limits, description, default and environment variable (the declaration machinery is
+:mod:`proxy.config_spec`). :func:`parse_config` checks
+a file against those declarations and turns it into frozen dataclasses before anything
+uses it, so a reload either replaces the old config entirely or not at all, and every
+error names the key that is wrong (``routes.chat.canary_weight: must be at most 100, got
+150``). :func:`config_schema` turns the same declarations into ``docs/config.schema.json``,
+which editors use to validate and complete ``ollama-sidecar.yaml``.
+
+Precedence, for every key, resolved by one helper (:func:`proxy.config_spec.resolve`): command-line flag >
+environment > config file > default. One exception, on purpose: ``OLLAMA_HOST`` ranks
+*below* the file's ``upstream:``. Users export it to point their clients at the proxy (the
+README tells them to); if it outranked the file, a proxy started in that shell would
+forward to itself. The upstream is therefore ``--upstream`` > ``OLLAMA_SIDECAR_UPSTREAM``
+> the file > ``OLLAMA_HOST`` > ``http://127.0.0.1:11434``, and an upstream at the proxy's
+own listen address is refused at start-up with a message that says why.
 """
 
 from __future__ import annotations
 
-import math
+import ipaddress
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
 from proxy.common.listen import parse_listen
-from proxy.common.ollama_host import parse_ollama_host, resolve_ollama_url
+from proxy.config_spec import ConfigError, Inputs, Section, Setting, check_keys, mapping
+
+__all__ = ["ADMIN_TOKEN_ENV", "DEFAULT_LISTEN", "DEFAULT_SESSION_SOURCES", "Admission", "BreakerConfig",
+           "ConfigError", "ProxyConfig", "RouteConfig", "Timeouts", "config_schema", "load_config",
+           "parse_config", "render_config_schema"]
 
 DEFAULT_LISTEN = "127.0.0.1:11435"
 DEFAULT_SESSION_SOURCES = ("header:X-Session-ID", "header:X-User-ID", "body:user")
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message starts with the offending key."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
+ADMIN_TOKEN_ENV = "OLLAMA_SIDECAR_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -97,112 +108,173 @@ class ProxyConfig:
         return self.model_upstreams.get(model, self.upstream)
 
 
-# --- validation helpers --------------------------------------------------------------------
+# --- every key of the file, declared once (defaults come from the dataclasses above) ----------
 
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
-    return value
+BREAKER = Section("breaker", "The route's own circuit breaker: rolls the route back when the canary's "
+                  "server-side failure ratio over the window is too high, without Prometheus.", (
+    Setting("enabled", "boolean", "Whether the breaker acts; true as soon as any breaker setting is given.",
+            default=True),
+    Setting("window", "number", "Seconds of requests the failure ratio is computed over.", minimum=1),
+    Setting("min_requests", "integer", "Fewest canary requests in the window for a verdict; fewer is "
+            "inconclusive, never a failure.", minimum=1),
+    Setting("failure_ratio", "number", "Canary failure ratio (0 to 1) at or above which the breaker trips.",
+            minimum=0, maximum=1),
+    Setting("stable_margin", "number", "When set, trip only if the canary's ratio also exceeds stable's "
+            "by more than this.", minimum=0, maximum=1, nullable=True),
+), model=BreakerConfig)
+
+ROUTE = Section("route", "A route alias: clients ask for it by name (\"model\": \"chat\") and each session "
+                "keeps its arm, stable or canary.", (
+    Setting("stable", "string", "The model that serves the route.", required="the model that serves the route"),
+    Setting("canary", "string", "The model under test; none: every request goes to stable.", nullable=True),
+    Setting("canary_weight", "number", "Percent of sessions sent to the canary, decimals allowed; above 0 "
+            "needs a canary.", minimum=0, maximum=100),
+    Setting("auto_resume", "boolean", "Whether a resolved rollback alert sends traffic back to the canary by "
+            "itself (else `ollama-sidecar resume`)."),
+    Setting("session_sources", "session_sources", "This route's session sources, first match wins "
+            "(`header:NAME` or `body:FIELD`); default: those of the session label.", nullable=True),
+    Setting("breaker", "section", "", section=BREAKER),
+), model=RouteConfig, nullable=False,
+    needs=(("canary_weight", "canary", "is above 0 but the route has no canary model"),))
+
+MODEL = Section("model", "Where one model is served, when not by `upstream`.", (
+    Setting("upstream", "ollama_url", "This model's Ollama, written like OLLAMA_HOST. Must not be the "
+            "proxy's own listen address."),
+))
+
+TIMEOUTS = Section("timeouts", "Seconds.", (
+    Setting("connect", "number", "Connecting to Ollama.", minimum=0.001),
+    Setting("first_byte", "number", "Until Ollama's first byte (a large model can take minutes to load).",
+            minimum=0.001),
+    Setting("idle", "number", "Longest gap between two reads of a reply, stream or not; streams have no "
+            "total limit.", minimum=0.001),
+    Setting("shutdown", "number", "On SIGTERM, how long requests in flight may still run.", minimum=0.001),
+), model=Timeouts)
+
+ADMISSION = Section("admission", "At most max_in_flight requests upstream, a bounded queue behind (503 beyond).", (
+    Setting("max_in_flight", "integer", "Requests forwarded at once; 0 turns admission control off.", minimum=0),
+    Setting("max_queue", "integer", "Requests waiting for a slot; beyond, 503 at once.", minimum=0),
+    Setting("queue_timeout", "number", "Seconds a request may wait for a slot.", minimum=0),
+), model=Admission)
+
+ADMIN = Section("admin", f"The admin API (/admin/). {ADMIN_TOKEN_ENV}, when set, is the token and outranks "
+                "any token file; without a token the admin API answers loopback clients only.", (
+    Setting("token_file", "string", "File holding the admin token; re-read on reload.", nullable=True,
+            env=f"{ADMIN_TOKEN_ENV}_FILE"),
+))
+
+AUTH = Section("auth", "API keys clients must send (Authorization: Bearer); checked and not passed on to Ollama.", (
+    Setting("api_keys", "strings", "Accepted keys."),
+    Setting("api_keys_file", "string", "File of accepted keys, one a line (# starts a comment).", nullable=True),
+))
+
+ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config file (--config). Every key follows "
+               "flag > environment > this file > default, except that OLLAMA_HOST ranks below this file's "
+               "upstream. A wrong setting stops start-up (or a reload) with a message naming the key.", (
+    Setting("listen", "listen", "HOST:PORT to listen on ([IPv6]:PORT; an empty host is loopback). Takes effect "
+            "at the next restart.", nullable=True, flag="--listen", env="OLLAMA_SIDECAR_LISTEN"),
+    Setting("upstream", "ollama_url", "Ollama's address, written like OLLAMA_HOST: host, host:port or "
+            "http(s)://host[:port][/path]. Must not be the proxy's own listen address.",
+            flag="--upstream", env="OLLAMA_SIDECAR_UPSTREAM", env_below_file="OLLAMA_HOST"),
+    Setting("models", "map", "Models served by another Ollama than upstream, by model name.", section=MODEL),
+    Setting("routes", "map", "Route aliases by name.", section=ROUTE),
+    Setting("state_file", "string", "File where rollbacks and changes made through the admin API survive "
+            "restarts.", nullable=True),
+    Setting("session_sources", "session_sources", "Where a request's session comes from, first match wins: "
+            "`header:NAME` or `body:FIELD`."),
+    Setting("session_label_cap", "integer", "Most session label values live at once; beyond, `other`.",
+            minimum=0),
+    Setting("session_label_ttl", "number", "Seconds after which an unused session label value and its series "
+            "are removed.", minimum=1),
+    Setting("model_label_cap", "integer", "Most models asked for by name that get their own label value; "
+            "beyond, `other`.", minimum=0),
+    Setting("timeouts", "section", "", section=TIMEOUTS),
+    Setting("max_body_bytes", "integer", "Largest request body; beyond, 413.", minimum=1),
+    Setting("max_line_bytes", "integer", "Longest stream line parsed for its counts; a longer one is "
+            "relayed unparsed.", minimum=1024),
+    Setting("max_parsed_reply_bytes", "integer", "Largest non-stream reply checked and read for its counts; "
+            "a longer one is relayed as it arrives.", minimum=1024),
+    Setting("max_header_bytes", "integer", "Largest request header block, in all; beyond, 431.", minimum=1024),
+    Setting("admission", "section", "", section=ADMISSION),
+    Setting("admin", "section", "", section=ADMIN),
+    Setting("auth", "section", "", section=AUTH),
+    Setting("alertmanager_url", "base_url", "Alertmanager to reconcile with: its active rollback alerts are "
+            "read every reconcile_interval.", nullable=True),
+    Setting("reconcile_interval", "number", "Seconds between two reads of Alertmanager's active alerts.",
+            minimum=0.1),
+    Setting("reconcile_grace", "number", "Seconds an alert is left to its webhook before reconcile acts on it.",
+            minimum=0),
+    Setting("reload_interval", "number", "Seconds between two checks of the config file for changes.",
+            minimum=0.1),
+    Setting("access_log", "boolean", "One JSON line per request on the ollama_sidecar.access logger."),
+), model=ProxyConfig)
 
 
-def _number(value: Any, key: str, *, minimum: float | None = None, maximum: float | None = None,
-            integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value!r}")
-    if integer and int(value) != value:
-        raise ConfigError(key, f"must be a whole number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(key, f"must be at least {minimum:g}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(key, f"must be at most {maximum:g}, got {value!r}")
-    return int(value) if integer else float(value)
+# --- parsing: one small function per section ----------------------------------------------------
 
-
-def _string(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"must be true or false, got {value!r}")
-    return value
-
-
-def _check_keys(data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
-    for key in data:
-        if key not in allowed:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(where, f"unknown setting (known: {', '.join(sorted(allowed))})")
-
-
-def _listen(value: Any, key: str) -> str:
-    text = _string(value, key)
-    try:
-        parse_listen(text)
-    except ValueError as exc:
-        raise ConfigError(key, str(exc)) from None
-    return text
-
-
-def _url(value: Any, key: str) -> str:
-    try:
-        return parse_ollama_host(_string(value, key))
-    except ValueError as exc:
-        raise ConfigError(key, str(exc)) from None
-
-
-def _session_sources(value: Any, key: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(key, "must be a non-empty list such as ['header:X-Session-ID', 'body:user']")
-    out = []
-    for i, item in enumerate(value):
-        text = _string(item, f"{key}[{i}]")
-        kind, _, name = text.partition(":")
-        if kind not in ("header", "body") or not name:
-            raise ConfigError(f"{key}[{i}]", f"must be 'header:NAME' or 'body:FIELD', got {text!r}")
-        out.append(text)
-    return tuple(out)
-
-
-def _breaker(value: Any, key: str) -> BreakerConfig:
-    data = _mapping(value, key)
-    _check_keys(data, {"enabled", "window", "min_requests", "failure_ratio", "stable_margin"}, key)
-    d = BreakerConfig()
-    margin = data.get("stable_margin", d.stable_margin)
-    return BreakerConfig(
-        enabled=_bool(data.get("enabled", True if data else False), f"{key}.enabled"),
-        window=_number(data.get("window", d.window), f"{key}.window", minimum=1),
-        min_requests=int(_number(data.get("min_requests", d.min_requests), f"{key}.min_requests",
-                                 minimum=1, integer=True)),
-        failure_ratio=_number(data.get("failure_ratio", d.failure_ratio), f"{key}.failure_ratio",
-                              minimum=0, maximum=1),
-        stable_margin=None if margin is None else _number(margin, f"{key}.stable_margin", minimum=0, maximum=1),
+def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Any] | None = None, config_path: str | None = None) -> ProxyConfig:
+    """Build a validated config from the file's mapping, the environment and CLI flags
+    (``overrides``: top-level key -> value, None for a flag not given)."""
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    check_keys(flags, ROOT.names, "")
+    inputs = Inputs(os.environ if environ is None else environ, flags)
+    top = ROOT.read(data, "", inputs)
+    plain = {s.name: top[s.name] for s in ROOT.settings if s.kind not in ("section", "map") and s.name in top}
+    config = ProxyConfig(
+        **plain,
+        model_upstreams=_parse_models(top.get("models"), inputs),
+        routes={str(name): _parse_route(str(name), spec, inputs)
+                for name, spec in mapping(top.get("routes"), "routes").items()},
+        timeouts=Timeouts(**TIMEOUTS.read(top.get("timeouts"), "timeouts", inputs)),
+        admission=Admission(**ADMISSION.read(top.get("admission"), "admission", inputs)),
+        admin_token=_parse_admin(top.get("admin"), inputs),
+        api_keys=_parse_auth(top.get("auth"), inputs),
+        config_path=config_path,
     )
+    _refuse_self_loops(config, inputs.origins)
+    return config
 
 
-def parse_route(name: str, value: Any) -> RouteConfig:
+def _parse_models(value: Any, inputs: Inputs) -> dict[str, str]:
+    out = {}
+    for model, spec in mapping(value, "models").items():
+        entry = MODEL.read(spec, f"models.{model}", inputs)
+        if "upstream" in entry:
+            out[str(model)] = entry["upstream"]
+    return out
+
+
+def _parse_route(name: str, value: Any, inputs: Inputs) -> RouteConfig:
     key = f"routes.{name}"
-    data = _mapping(value, key)
-    _check_keys(data, {"stable", "canary", "canary_weight", "auto_resume", "session_sources", "breaker"}, key)
-    if "stable" not in data:
-        raise ConfigError(f"{key}.stable", "is required: the model that serves the route")
-    canary = data.get("canary")
-    weight = _number(data.get("canary_weight", 0), f"{key}.canary_weight", minimum=0, maximum=100)
-    if canary is None and weight > 0:
-        raise ConfigError(f"{key}.canary_weight", "is above 0 but the route has no canary model")
-    sources = data.get("session_sources")
-    return RouteConfig(
-        stable=_string(data["stable"], f"{key}.stable"),
-        canary=None if canary is None else _string(canary, f"{key}.canary"),
-        canary_weight=weight,
-        auto_resume=_bool(data.get("auto_resume", False), f"{key}.auto_resume"),
-        session_sources=None if sources is None else _session_sources(sources, f"{key}.session_sources"),
-        breaker=_breaker(data.get("breaker"), f"{key}.breaker"),
-    )
+    route = ROUTE.read(value, key, inputs)
+    breaker = _parse_breaker(route.pop("breaker", None), f"{key}.breaker", inputs)
+    return RouteConfig(**route, breaker=breaker)
+
+
+def _parse_breaker(value: Any, key: str, inputs: Inputs) -> BreakerConfig:
+    given = BREAKER.read(value, key, inputs)
+    given.setdefault("enabled", bool(value))  # a breaker with any setting is on unless it says otherwise
+    return BreakerConfig(**given)
+
+
+def _parse_admin(value: Any, inputs: Inputs) -> str | None:
+    """The token is OLLAMA_SIDECAR_ADMIN_TOKEN, else the content of ``admin.token_file``
+    (itself flag > OLLAMA_SIDECAR_ADMIN_TOKEN_FILE > file)."""
+    admin = ADMIN.read(value, "admin", inputs)
+    token = inputs.environ.get(ADMIN_TOKEN_ENV) or None
+    if token is None and admin.get("token_file"):
+        token = _read_secret_file(admin["token_file"], "admin.token_file")
+    return token
+
+
+def _parse_auth(value: Any, inputs: Inputs) -> frozenset[str]:
+    auth = AUTH.read(value, "auth", inputs)
+    keys = set(auth.get("api_keys", ()))
+    if auth.get("api_keys_file"):
+        text = _read_secret_file(auth["api_keys_file"], "auth.api_keys_file")
+        keys.update(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return frozenset(keys)
 
 
 def _read_secret_file(path: str, key: str) -> str:
@@ -215,107 +287,77 @@ def _read_secret_file(path: str, key: str) -> str:
     return text
 
 
-TOP_LEVEL_KEYS = {
-    "listen", "upstream", "models", "routes", "state_file", "session_sources", "session_label_cap",
-    "session_label_ttl", "model_label_cap", "timeouts", "max_body_bytes", "max_line_bytes", "admission",
-    "max_parsed_reply_bytes", "max_header_bytes", "admin",
-    "auth", "alertmanager_url", "reconcile_interval", "reconcile_grace", "reload_interval", "access_log",
-}
+# --- an upstream that is the proxy itself ------------------------------------------------------
+
+def _refuse_self_loops(config: ProxyConfig, origins: Mapping[str, str]) -> None:
+    """A proxy whose upstream is its own listen address would forward every request back to
+    itself until the connections run out; refuse to start (or reload) and say why."""
+    upstreams = {"upstream": config.upstream}
+    upstreams.update({f"models.{m}.upstream": url for m, url in config.model_upstreams.items()})
+    for key, url in upstreams.items():
+        if not _reaches(url, config.listen):
+            continue
+        origin = origins.get(key, "the default")
+        if origin == "OLLAMA_HOST":
+            fix = ("OLLAMA_HOST, exported in this shell to point clients at the proxy, is the usual cause; say where "
+                   "Ollama is with --upstream, OLLAMA_SIDECAR_UPSTREAM or `upstream:` in the config file")
+        else:
+            fix = f"Point {key} at Ollama, not at the proxy"
+        raise ConfigError(key, f"{url} (from {origin}) is the proxy's own listen address {config.listen} (from "
+                               f"{origins.get('listen', 'the default')}): the proxy would forward every request "
+                               f"to itself. {fix}")
 
 
-def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] | None = None,
-                 overrides: Mapping[str, Any] | None = None, config_path: str | None = None) -> ProxyConfig:
-    """Build a validated config from the file's mapping, the environment and CLI overrides."""
-    env = os.environ if environ is None else environ
-    data = dict(_mapping(data, "(config file)"))
-    _check_keys(data, TOP_LEVEL_KEYS, "")
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            data[k] = v
-    d = ProxyConfig()
+def _reaches(url: str, listen: str) -> bool:
+    """Whether a connection to ``url`` from this machine lands on a listener at ``listen``."""
+    host, port = parse_listen(listen)
+    try:
+        target = urlsplit(url)
+        target_port = target.port
+    except ValueError:
+        return False
+    if port == 0 or target_port != port:
+        return False
+    here, there = _host(host), _host(target.hostname or "")
+    if here == there:
+        return True
+    if here in ("0.0.0.0", "::"):  # every interface, loopback included
+        return _is_this_machine(there)
+    return _is_loopback(here) and _is_loopback(there)
 
-    listen = data.get("listen") or env.get("OLLAMA_SIDECAR_LISTEN") or d.listen
-    if "upstream" in data:
-        upstream = _url(data["upstream"], "upstream")
-    else:
-        upstream = resolve_ollama_url(None, env)
 
-    models = _mapping(data.get("models"), "models")
-    model_upstreams = {}
-    for model, spec in models.items():
-        spec = _mapping(spec, f"models.{model}")
-        _check_keys(spec, {"upstream"}, f"models.{model}")
-        if "upstream" in spec:
-            model_upstreams[str(model)] = _url(spec["upstream"], f"models.{model}.upstream")
+def _host(host: str) -> str:
+    host = host.strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
-    routes = {str(name): parse_route(str(name), spec)
-              for name, spec in _mapping(data.get("routes"), "routes").items()}
 
-    timeouts_data = _mapping(data.get("timeouts"), "timeouts")
-    _check_keys(timeouts_data, {"connect", "first_byte", "idle", "shutdown"}, "timeouts")
-    timeouts = Timeouts(**{k: _number(v, f"timeouts.{k}", minimum=0.001) for k, v in timeouts_data.items()})
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1")
 
-    adm = _mapping(data.get("admission"), "admission")
-    _check_keys(adm, {"max_in_flight", "max_queue", "queue_timeout"}, "admission")
-    admission = Admission(
-        max_in_flight=int(_number(adm.get("max_in_flight", 0), "admission.max_in_flight", minimum=0, integer=True)),
-        max_queue=int(_number(adm.get("max_queue", Admission.max_queue), "admission.max_queue", minimum=0, integer=True)),
-        queue_timeout=_number(adm.get("queue_timeout", Admission.queue_timeout), "admission.queue_timeout", minimum=0),
-    )
 
-    admin = _mapping(data.get("admin"), "admin")
-    _check_keys(admin, {"token_file"}, "admin")
-    admin_token = env.get("OLLAMA_SIDECAR_ADMIN_TOKEN") or None
-    token_file = env.get("OLLAMA_SIDECAR_ADMIN_TOKEN_FILE") or admin.get("token_file")
-    if admin_token is None and token_file:
-        admin_token = _read_secret_file(str(token_file), "admin.token_file")
+def _is_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
-    auth = _mapping(data.get("auth"), "auth")
-    _check_keys(auth, {"api_keys", "api_keys_file"}, "auth")
-    keys: set[str] = set()
-    raw_keys = auth.get("api_keys", [])
-    if not isinstance(raw_keys, list):
-        raise ConfigError("auth.api_keys", "must be a list of strings")
-    keys.update(_string(k, f"auth.api_keys[{i}]") for i, k in enumerate(raw_keys))
-    if auth.get("api_keys_file"):
-        text = _read_secret_file(str(auth["api_keys_file"]), "auth.api_keys_file")
-        keys.update(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
-    state_file = data.get("state_file")
-    am_url = data.get("alertmanager_url")
-    return ProxyConfig(
-        listen=_listen(listen, "listen"),
-        upstream=upstream,
-        model_upstreams=model_upstreams,
-        routes=routes,
-        state_file=None if state_file is None else _string(state_file, "state_file"),
-        session_sources=_session_sources(data["session_sources"], "session_sources")
-        if "session_sources" in data else d.session_sources,
-        session_label_cap=int(_number(data.get("session_label_cap", d.session_label_cap), "session_label_cap",
-                                      minimum=0, integer=True)),
-        session_label_ttl=_number(data.get("session_label_ttl", d.session_label_ttl), "session_label_ttl", minimum=1),
-        model_label_cap=int(_number(data.get("model_label_cap", d.model_label_cap), "model_label_cap",
-                                    minimum=0, integer=True)),
-        timeouts=timeouts,
-        max_body_bytes=int(_number(data.get("max_body_bytes", d.max_body_bytes), "max_body_bytes",
-                                   minimum=1, integer=True)),
-        max_line_bytes=int(_number(data.get("max_line_bytes", d.max_line_bytes), "max_line_bytes",
-                                   minimum=1024, integer=True)),
-        max_parsed_reply_bytes=int(_number(data.get("max_parsed_reply_bytes", d.max_parsed_reply_bytes),
-                                           "max_parsed_reply_bytes", minimum=1024, integer=True)),
-        max_header_bytes=int(_number(data.get("max_header_bytes", d.max_header_bytes), "max_header_bytes",
-                                     minimum=1024, integer=True)),
-        admission=admission,
-        admin_token=admin_token,
-        api_keys=frozenset(keys),
-        alertmanager_url=None if am_url is None else _string(am_url, "alertmanager_url").rstrip("/"),
-        reconcile_grace=_number(data.get("reconcile_grace", d.reconcile_grace), "reconcile_grace", minimum=0),
-        reconcile_interval=_number(data.get("reconcile_interval", d.reconcile_interval), "reconcile_interval",
-                                   minimum=0.1),
-        reload_interval=_number(data.get("reload_interval", d.reload_interval), "reload_interval", minimum=0.1),
-        access_log=_bool(data.get("access_log", True), "access_log"),
-        config_path=config_path,
-    )
+# --- the schema --------------------------------------------------------------------------------
+
+def config_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (draft 2020-12), from the same declarations as the checks."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **ROOT.schema()}
+
+
+def render_config_schema() -> str:
+    """``docs/config.schema.json``'s text: stable key order, two-space indent, trailing newline."""
+    return json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def load_config(path: str | None, *, environ: Mapping[str, str] | None = None,

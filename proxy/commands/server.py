@@ -22,8 +22,8 @@ log = logging.getLogger("ollama_sidecar.proxy")
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--listen", help="HOST:PORT to listen on (env OLLAMA_SIDECAR_LISTEN; "
                         "default 127.0.0.1:11435)")
-    parser.add_argument("--upstream", help="Ollama URL (default: OLLAMA_HOST as Ollama reads it, "
-                        "else http://127.0.0.1:11434)")
+    parser.add_argument("--upstream", help="Ollama URL (beats env OLLAMA_SIDECAR_UPSTREAM and the file's upstream:, "
+                        "which beat OLLAMA_HOST as Ollama reads it; default http://127.0.0.1:11434)")
     parser.add_argument("--config", help="YAML config file (routes, timeouts, limits…)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
