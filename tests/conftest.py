@@ -1,4 +1,5 @@
-"""Shared fixtures: a proxy running in a background thread in front of a fake Ollama."""
+"""Shared test helpers: a proxy running in a background thread in front of a fake Ollama,
+the one deadline-polling helper (:func:`wait_for`) and the one fake clock (:class:`FakeClock`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ def wait_for(predicate, timeout: float, what: str = "a condition", interval: flo
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
         time.sleep(interval)
+
+
+class FakeClock:
+    """A clock that moves only when the test moves it, for every constructor that takes a
+    ``clock`` (a callable returning seconds): ``clock = FakeClock(); ...; clock.advance(30)``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
 
 
 class RunningProxy:

@@ -1,9 +1,12 @@
-"""A faithful fake of Ollama's HTTP API for pytest-httpserver (REFERENCE.md section 1).
+"""A faithful fake of Ollama's HTTP API for pytest-httpserver (Ollama's docs/api.md and
+docs/openai.md; the Go source that writes the replies is server/routes.go, api/types.go
+and openai/openai.go).
 
 Replies are built the way Ollama builds them: NDJSON lines for native streams (the final
-one carrying nanosecond durations and counts, zero fields omitted), SSE events for the
-OpenAI-compatible API (the usage event only when ``stream_options.include_usage`` is
-set), and streams delivered in pieces that split lines and pack several together.
+one carrying nanosecond durations and counts, zero fields omitted: ``omitempty`` on
+api/types.go's ``Metrics``), SSE events for the OpenAI-compatible API (the usage event
+only when ``stream_options.include_usage`` is set), and streams delivered in pieces that
+split lines and pack several together.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Admin API, Alertmanager webhook and reconcile, breaker, state file, config reload, CLI."""
+"""The control plane end to end, over real sockets: admin API, Alertmanager webhook and
+reconcile, breaker, state file, config reload, CLI. Each piece alone, fast, is in
+test_admin.py, test_alertmanager.py, test_breaker.py, test_plane.py, test_state.py and
+test_reload.py."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -16,7 +18,7 @@ import yaml
 from proxy.config import load_config
 
 from proxy.commands.ctl import EXIT_OK, EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE
-from tests.conftest import free_port, running_proxy
+from tests.conftest import free_port, running_proxy, wait_for
 from tests.ollama_fake import chat_chunks, ndjson, stream_response
 
 TOKEN = "test-admin-token"
@@ -168,12 +170,12 @@ def test_reconcile_rolls_back_a_route_whose_webhook_never_came(httpserver, tmp_p
                     "routes": {"chat": ROUTE, "chat2": ROUTE}, "alertmanager_url": am.url_for("/"),
                     "reconcile_interval": 0.2}
         with running_proxy(settings) as p:
-            deadline = time.monotonic() + 5
-            while p.value("ollama_proxy_route_rolled_back", route="chat") != 1:
-                assert time.monotonic() < deadline, "reconcile did not converge"
-                time.sleep(0.05)
-            time.sleep(0.5)  # several more polls: acted on once only
-            assert p.value("ollama_proxy_route_changes_total", route="chat", reason="reconcile") == 1
+            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1, 5,
+                     "reconcile to roll back chat")
+            polls = p.value("ollama_proxy_alertmanager_reconciles_total", outcome="ok")
+            wait_for(lambda: p.value("ollama_proxy_alertmanager_reconciles_total", outcome="ok") >= polls + 2, 5,
+                     "two more reconcile polls")
+            assert p.value("ollama_proxy_route_changes_total", route="chat", reason="reconcile") == 1  # once only
             assert p.value("ollama_proxy_route_rolled_back", route="chat2") == 0  # silenced: left alone
             assert p.value("ollama_proxy_alertmanager_reconciles_total", outcome="ok") >= 2
     finally:
@@ -184,10 +186,8 @@ def test_reconcile_with_alertmanager_down_changes_nothing(httpserver):
     settings = {"upstream": httpserver.url_for("/"), "access_log": False, "routes": {"chat": ROUTE},
                 "alertmanager_url": f"http://127.0.0.1:{free_port()}", "reconcile_interval": 0.1}
     with running_proxy(settings) as p:
-        deadline = time.monotonic() + 5
-        while p.value("ollama_proxy_alertmanager_reconciles_total", outcome="error") < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: p.value("ollama_proxy_alertmanager_reconciles_total", outcome="error") >= 2, 5,
+                 "two failed reconcile polls")
         assert p.value("ollama_proxy_route_rolled_back", route="chat") == 0
 
 
@@ -288,23 +288,17 @@ def test_config_reload_on_change_validates_and_never_undoes_a_rollback(httpserve
         requests.post(f"{p.url}/admin/routes/chat/rollback", headers=AUTH)
         cfg.write_text(yaml.safe_dump(dict(base, routes={"chat": dict(ROUTE, canary_weight=70),
                                                          "other": dict(ROUTE, canary_weight=5)})))
-        wait_for(lambda: route(p, "other")["weight"] == 5)
+        wait_for(lambda: route(p, "other")["weight"] == 5, 5, "the edited config to be reloaded")
         chat = route(p, "chat")
         assert chat["rolled_back"] is True and chat["weight_before_rollback"] == 70
         cfg.write_text("routes:\n  chat:\n    stable: a\n    canary_weight: 10\n")  # invalid
-        wait_for(lambda: requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"])
+        wait_for(lambda: requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"], 5,
+                 "the invalid config to be rejected")
         doc = requests.get(f"{p.url}/admin/routes", headers=AUTH).json()
         assert "routes.chat.canary_weight" in doc["last_reload_error"]
         assert route(p, "other")["weight"] == 5  # the old config stays in force
         assert p.value("ollama_proxy_config_reloads_total", outcome="failure") >= 1
         assert p.value("ollama_proxy_config_reloads_total", outcome="success") >= 1
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 # --- CLI against a running proxy ---------------------------------------------------------------
@@ -350,10 +344,11 @@ def test_sighup_reloads_the_config_of_a_running_proxy(httpserver, tmp_path):
                              "--listen", f"127.0.0.1:{port}"], env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _up(url), timeout=15)
+        wait_for(lambda: _up(url), 15, "the proxy to answer /healthz")
         cfg.write_text(yaml.safe_dump(dict(base, routes={"chat": dict(ROUTE, canary_weight=7)})))
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: requests.get(f"{url}/admin/routes/chat", headers=AUTH).json()["weight"] == 7)
+        wait_for(lambda: requests.get(f"{url}/admin/routes/chat", headers=AUTH).json()["weight"] == 7, 5,
+                 "SIGHUP to reload the config")
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
@@ -408,10 +403,11 @@ def test_reload_survives_a_file_that_is_not_utf8_and_picks_up_the_next_good_one(
     config = load_config(str(cfg), environ={"OLLAMA_SIDECAR_ADMIN_TOKEN": TOKEN})
     with running_proxy({}, config=config) as p:
         cfg.write_bytes(b"# mod\xe8le\nroutes: {}\n")
-        wait_for(lambda: requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"])
+        wait_for(lambda: requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"], 5,
+                 "the non-UTF-8 config to be rejected")
         assert "not UTF-8" in requests.get(f"{p.url}/admin/routes", headers=AUTH).json()["last_reload_error"]
         cfg.write_text(yaml.safe_dump(dict(base, routes={"chat": dict(ROUTE, canary_weight=9)})))
-        wait_for(lambda: route(p)["weight"] == 9)  # the watcher is still alive
+        wait_for(lambda: route(p)["weight"] == 9, 5, "the next good config")  # the watcher is still alive
 
 
 def test_admin_token_rotates_on_reload(httpserver, tmp_path):
@@ -439,7 +435,8 @@ def test_reconcile_tolerates_odd_answers(httpserver):
         settings = {"upstream": httpserver.url_for("/"), "access_log": False, "routes": {"chat": ROUTE},
                     "alertmanager_url": am.url_for("/"), "reconcile_interval": 0.1}
         with running_proxy(settings) as p:
-            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1)
+            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1, 5,
+                     "reconcile to act on the one readable alert")
     finally:
         am.stop()
 
@@ -463,8 +460,10 @@ def test_reconcile_leaves_a_new_alert_to_its_webhook_for_the_grace_period(httpse
         settings = {"upstream": httpserver.url_for("/"), "access_log": False, "routes": {"chat": ROUTE},
                     "alertmanager_url": am.url_for("/"), "reconcile_interval": 0.1, "reconcile_grace": 1.5}
         with running_proxy(settings) as p:
-            wait_for(lambda: p.value("ollama_proxy_alertmanager_reconciles_total", outcome="ok") >= 3)
+            wait_for(lambda: p.value("ollama_proxy_alertmanager_reconciles_total", outcome="ok") >= 3, 5,
+                     "three reconcile polls")
             assert p.value("ollama_proxy_route_rolled_back", route="chat") == 0  # still within the grace
-            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1)
+            wait_for(lambda: p.value("ollama_proxy_route_rolled_back", route="chat") == 1, 5,
+                     "reconcile to act once the grace is over")
     finally:
         am.stop()

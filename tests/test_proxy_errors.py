@@ -10,7 +10,7 @@ import pytest
 import requests
 from werkzeug import Response
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.ollama_fake import chat_chunks, ndjson, stream_response
 
 MODEL = "llama3.2"
@@ -125,10 +125,8 @@ def test_admission_control_queues_then_sheds_with_retry_after(httpserver, proxy_
             for _ in range(2)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 5
-        while p.value("ollama_proxy_queue_length") != 1:  # one in flight, one queued
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(lambda: p.value("ollama_proxy_queue_length") == 1, 5,  # one in flight, one queued
+                 "one request in flight and one queued", interval=0.02)
         r = requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []})
         assert_ollama_error(r, 503, "proxy overloaded")
         assert r.headers["Retry-After"] == "5"
@@ -191,3 +189,32 @@ def test_readyz_is_503_when_ollama_is_down(proxy_for):
         r = requests.get(f"{p.url}/readyz")
         assert r.status_code == 503 and r.json()["status"] == "not ready"
         assert requests.get(f"{p.url}/healthz").status_code == 200
+
+
+def test_model_name_with_control_characters_is_a_clear_400(httpserver, proxy_for):
+    with proxy_for() as p:
+        r = requests.post(f"{p.url}/api/chat", json={"model": "bad\nname", "messages": []})
+        assert r.status_code == 400 and "control characters" in r.json()["error"]
+    assert len(httpserver.log) == 0
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(httpserver, proxy_for):
+    with proxy_for() as p:
+        r = requests.post(f"{p.url}/api/chat", data=b'{"model": "m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+        assert p.value("ollama_proxy_requests_total", error_type="bad_request") == 1
+
+
+def test_internal_errors_answer_in_protocol_and_are_labelled(httpserver, proxy_for, monkeypatch):
+    from proxy.dataplane import observe
+    httpserver.expect_request("/api/chat").respond_with_json(chat_chunks(MODEL, ["a"])[-1])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    with proxy_for() as p:
+        monkeypatch.setattr("proxy.dataplane.forward.read_reply_body", broken)
+        r = requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": [], "stream": False})
+        assert r.status_code == 500 and "internal error" in r.json()["error"]
+        assert p.value("ollama_proxy_requests_total", error_type="internal") == 1
+        assert observe.read_reply_body is not broken

@@ -10,7 +10,9 @@ import time
 import pytest
 import requests
 
+from proxy.dataplane.observe import NativeStreamObserver
 from proxy.dataplane.sessions import session_hash
+from tests.conftest import wait_for
 from tests.ollama_fake import (FINAL_TIMINGS, chat_chunks, generate_chunks, ndjson, openai_chat_handler,
                                pieces, slow, sse_chat, stream_response)
 
@@ -202,10 +204,8 @@ def test_client_disconnect_cancels_the_upstream_request(proxy_for):
             client.close()
             # the upstream sees its connection closed long before its own 10 s timeout
             assert upstream.closed_by_peer.wait(5)
-            deadline = time.monotonic() + 5
-            while p.value("ollama_proxy_requests_total", error_type="client_disconnect") != 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_for(lambda: p.value("ollama_proxy_requests_total", error_type="client_disconnect") == 1, 5,
+                     "the disconnect to be counted as client_disconnect")
             assert p.value("ollama_proxy_in_flight_requests") == 0
     finally:
         upstream.close()
@@ -325,3 +325,24 @@ def test_a_slow_client_is_not_mistaken_for_an_idle_upstream(httpserver, proxy_fo
         client.close()
         assert b'"done":true' in received and b"sent nothing" not in received
         assert p.value("ollama_proxy_requests_total", error_type="none") == 1
+
+
+def test_a_bug_mid_stream_ends_the_stream_in_protocol_instead_of_a_second_response(httpserver, proxy_for,
+                                                                                      monkeypatch):
+    body = ndjson(chat_chunks(MODEL, ["a", "b", "c"]))
+    httpserver.expect_request("/api/chat").respond_with_handler(lambda r: stream_response([body[:60], body[60:]]))
+    calls = {"n": 0}
+    original = NativeStreamObserver.line
+
+    def flaky(self, line, now):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("bug")
+        return original(self, line, now)
+
+    monkeypatch.setattr(NativeStreamObserver, "line", flaky)
+    with proxy_for() as p:
+        r = requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []})
+        assert r.status_code == 200 and b"HTTP/1.1" not in r.content
+        assert "internal error" in json.loads(r.content.splitlines()[-1])["error"]
+        assert p.value("ollama_proxy_requests_total", error_type="internal") == 1

@@ -5,18 +5,14 @@ from __future__ import annotations
 import requests
 
 from proxy.app import FORWARDER
+from proxy.config import parse_config
+from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.sessions import OVERFLOW, SessionLabels, extract_session, session_hash
+from proxy.metrics import ProxyMetrics
+from tests.conftest import FakeClock
 from tests.ollama_fake import chat_chunks, ndjson, stream_response
 
 MODEL = "llama3.2"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_sources_are_tried_in_order():
@@ -83,3 +79,26 @@ def test_evicted_session_series_disappear_from_metrics(httpserver, proxy_for):
         scraped = p.scrape()
         assert not [k for k in scraped if dict(k[1]).get("session") == "gone"]
         assert p.value("ollama_proxy_session_labels_evicted_total") == 1
+
+
+def test_a_request_outliving_its_session_ttl_does_not_escape_the_cap():
+    clock = FakeClock(0.0)
+    labels = SessionLabels(cap=1, ttl=10, on_evict=lambda _: None, clock=clock)
+    assert labels.label("long-stream") == "long-stream"
+    clock.now = 20
+    assert labels.label("newcomer") == "newcomer"  # long-stream expired and was evicted
+    # at the end of the long request the recorder re-admits its label: no room, so `other`
+    assert labels.label("long-stream") == "other"
+
+
+def test_the_recorder_re_admits_a_session_at_the_end_of_a_request():
+    recorder = Recorder(ProxyMetrics(), parse_config({"session_label_cap": 1}, environ={}))
+    clock = FakeClock(0.0)
+    recorder.sessions._clock = clock  # Recorder takes no clock yet
+    label = recorder.session_label("long-stream")
+    clock.now = 2000.0  # past the TTL: evicted as soon as someone else arrives
+    assert recorder.session_label("newcomer") == "newcomer"
+    recorder.record(RequestRecord("/api/chat", model=MODEL, session=label, duration=1.0))
+    sessions = {s.labels["session"] for f in recorder.metrics.registry.collect()
+                if f.name == "ollama_proxy_requests" for s in f.samples}
+    assert sessions == {"other"}  # not "long-stream": the cap holds

@@ -1,4 +1,5 @@
-"""The Ollama simulator speaks Ollama's API faithfully (REFERENCE section 1) and its faults
+"""The Ollama simulator speaks Ollama's API faithfully (Ollama's docs/api.md; the handlers
+in server/routes.go and the OpenAI-compatible layer in openai/openai.go) and its faults
 look to a client exactly like Ollama's: the e2e test, the demo and the benchmarks rely on it.
 """
 
@@ -29,6 +30,7 @@ from proxy.simulator import (
     unload,
 )
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, profiles_from_dict
+from tests.conftest import wait_for
 
 FAST = {"ttft_seconds": 0.001, "tokens_per_second": 2000.0, "output_tokens": 6, "cold_load_seconds": 0.0}
 PROFILES = {
@@ -200,8 +202,11 @@ def test_cold_load_after_idle_shows_in_load_duration_and_ps(url):
     warm = post(url, "/api/chat", chat_body("sleepy:latest", stream=False)).json()
     assert cold["load_duration"] >= 50_000_000 > warm["load_duration"]
     assert "sleepy:latest" in get_stats(url)["loaded"]
-    time.sleep(0.3)  # idle longer than keep_alive_seconds (0.15)
-    assert "sleepy:latest" not in [m["name"] for m in requests.get(url + "/api/ps", timeout=5).json()["models"]]
+
+    def unloaded() -> bool:
+        return "sleepy:latest" not in [m["name"] for m in requests.get(url + "/api/ps", timeout=5).json()["models"]]
+
+    wait_for(unloaded, 5, "sleepy:latest to unload after its keep_alive (0.15 s)")
     again = post(url, "/api/chat", chat_body("sleepy:latest", stream=False)).json()
     assert again["load_duration"] >= 50_000_000
     unload(url, "sleepy:latest")
@@ -291,11 +296,9 @@ def test_hang_never_answers_until_the_client_leaves(url):
     set_profile(url, "canary:latest", hang_rate=1.0)
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(url + "/api/chat", json=chat_body("canary:latest"), timeout=0.3)
-    for _ in range(50):  # the simulator notices the client left and records it
-        if get_stats(url)["requests"].get("canary:latest") == {"hang": 1}:
-            break
-        time.sleep(0.02)
-    assert get_stats(url)["requests"]["canary:latest"] == {"hang": 1}
+    # the simulator notices the client left and records it
+    wait_for(lambda: get_stats(url)["requests"].get("canary:latest") == {"hang": 1}, 5,
+             "the simulator to record the hang", interval=0.02)
 
 
 # --- OpenAI-compatible ---------------------------------------------------------------
@@ -470,15 +473,20 @@ def test_cli_serves_and_refuses_bad_profiles(tmp_path):
     assert refused.returncode == 2 and "models" in refused.stderr
     port = _free_port()
     process = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{port}", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def root() -> str | None:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/", timeout=1).text
+        except requests.ConnectionError:
+            return None
+
     try:
-        for _ in range(100):
-            try:
-                assert requests.get(f"http://127.0.0.1:{port}/", timeout=1).text == "Ollama is running"
-                break
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("simulator did not start: " + process.stderr.read().decode())
+        try:
+            text = wait_for(root, 15, "the simulator CLI to answer")
+        except AssertionError:
+            process.terminate()
+            pytest.fail("simulator did not start: " + process.communicate(timeout=10)[1].decode())
+        assert text == "Ollama is running"
         assert "qwen3:8b-ft" in [m["name"] for m in requests.get(f"http://127.0.0.1:{port}/api/tags", timeout=1).json()["models"]]
     finally:
         process.terminate()
