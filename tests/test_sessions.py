@@ -92,9 +92,8 @@ def test_a_request_outliving_its_session_ttl_does_not_escape_the_cap():
 
 
 def test_the_recorder_re_admits_a_session_at_the_end_of_a_request():
-    recorder = Recorder(ProxyMetrics(), parse_config({"session_label_cap": 1}, environ={}))
     clock = FakeClock(0.0)
-    recorder.sessions._clock = clock  # Recorder takes no clock yet
+    recorder = Recorder(ProxyMetrics(), parse_config({"session_label_cap": 1}, environ={}), clock=clock)
     label = recorder.session_label("long-stream")
     clock.now = 2000.0  # past the TTL: evicted as soon as someone else arrives
     assert recorder.session_label("newcomer") == "newcomer"

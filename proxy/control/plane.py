@@ -16,7 +16,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Callable
 
 from proxy.config import ProxyConfig, RouteConfig
 from proxy.control.routing import RouteState, RouteTable
@@ -82,7 +82,9 @@ def reason_label(reason: str) -> str:
 
 
 class ControlPlane:
-    def __init__(self, config: ProxyConfig, routes: RouteTable, metrics: ProxyMetrics) -> None:
+    def __init__(self, config: ProxyConfig, routes: RouteTable, metrics: ProxyMetrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # wall time: `since` is shown to people and compared with alert times
         self.config = config
         self.routes = routes
         self.metrics = metrics
@@ -154,7 +156,7 @@ class ControlPlane:
 
     def _commit(self, new: RouteState, reason: str) -> RouteState:
         old = self.routes.routes[new.name]
-        new = replace(new, reason=reason, since=time.time())
+        new = replace(new, reason=reason, since=self.clock())
         self.routes.routes[new.name] = new
         self.metrics.route_changes.labels(new.name, reason_label(reason)).inc()
         self._export(new, old)
@@ -218,7 +220,7 @@ class ControlPlane:
         """True the first time an alert instance (fingerprint@startsAt) is seen."""
         if key in self.acted_alerts:
             return False
-        self.acted_alerts[key] = time.time()
+        self.acted_alerts[key] = self.clock()
         while len(self.acted_alerts) > MAX_REMEMBERED_ALERTS:
             self.acted_alerts.popitem(last=False)
         return True

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from proxy import __version__
 from proxy.config import ProxyConfig
@@ -52,9 +54,10 @@ class RequestRecord:
 
 
 class Recorder:
-    def __init__(self, metrics: ProxyMetrics, config: ProxyConfig) -> None:
+    def __init__(self, metrics: ProxyMetrics, config: ProxyConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
-        self.sessions = SessionLabels(config.session_label_cap, config.session_label_ttl, self._evict)
+        self.sessions = SessionLabels(config.session_label_cap, config.session_label_ttl, self._evict, clock)
         # Models asked for directly, by name: a client could invent any number of them.
         self.model_label_cap = config.model_label_cap
         self.access_log = config.access_log
