@@ -7,22 +7,20 @@ rolls a route back when one of them fires. Every other alert is for humans, incl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from exporter import metrics as em
 from proxy import metrics as pm
+from proxy.monitoring import DEFAULT, DashboardUids, MonitoringConfig, Profile
 
 from alerts import recording as r
-from alerts.profiles import Profile
-from dashboards import uids
 
-# One base for every runbook link; the anchor is the alert name in lower case, which is
-# what GitHub generates for a heading that is exactly the alert name.
-RUNBOOK_BASE = "https://github.com/ollama-sidecar/ollama-sidecar/blob/main/docs/runbooks.md"
-# Dashboard links are Grafana paths (relative to Grafana's root URL, which only the
-# deployment knows); Grafana resolves /d/<uid> without the slug.
-PROXY_JOB = "ollama-proxy"
-EXPORTER_JOB = "ollama-exporter"
+# One base for every runbook link (MonitoringConfig.runbook_base); the anchor is the alert
+# name in lower case, which is what GitHub generates for a heading that is exactly the
+# alert name. Dashboard links are Grafana paths (relative to Grafana's root URL, which only
+# the deployment knows); Grafana resolves /d/<uid> without the slug.
+RUNBOOK_BASE = DEFAULT.runbook_base
 
 CANARY_ERROR_RATE_HIGH = "OllamaCanaryErrorRateHigh"
 CANARY_LATENCY_REGRESSION = "OllamaCanaryLatencyRegression"
@@ -53,9 +51,10 @@ class Alert:
     dashboard: str
     dashboard_vars: tuple[str, ...] = ()  # alert labels passed on as Grafana variables
     labels: dict[str, str] = field(default_factory=dict)
+    runbook_base: str = RUNBOOK_BASE
 
     def runbook_url(self) -> str:
-        return f"{RUNBOOK_BASE}#{self.name.lower()}"
+        return f"{self.runbook_base}#{self.name.lower()}"
 
     def dashboard_url(self) -> str:
         query = "&".join(f"var-{v}={{{{ $labels.{v} }}}}" for v in self.dashboard_vars)
@@ -79,7 +78,7 @@ def _pct(x: float) -> str:
     return f"{x * 100:g}%"
 
 
-def _canary_error_rate_high(p: Profile) -> Alert:
+def _canary_error_rate_high(p: Profile, u: DashboardUids) -> Alert:
     canary, stable = f'{r.FAILED_RATIO}{{arm="canary"}}', f'{r.FAILED_RATIO}{{arm="stable"}}'
     # Stable's ratio is the baseline only when stable has enough traffic to say anything;
     # otherwise (no stable traffic, weight 100) the baseline is 0 and the absolute
@@ -100,11 +99,11 @@ def _canary_error_rate_high(p: Profile) -> Alert:
         f"requests over {p.window} (server-side errors; threshold {_pct(p.canary_error_ratio)} and "
         f"{_pct(p.canary_error_margin)} above stable). The proxy rolls the route back to stable "
         "when Alertmanager delivers this alert.",
-        uids.ROLLOUT, ("route",), {"action": "rollback"},
+        u.rollout, ("route",), {"action": "rollback"},
     )
 
 
-def _canary_latency_regression(p: Profile) -> Alert:
+def _canary_latency_regression(p: Profile, u: DashboardUids) -> Alert:
     # Time to first token, not the whole request: a fine-tune that answers at greater
     # length takes longer per request without being any slower, and must not be rolled back.
     canary, stable = f'{r.TTFT_P95}{{arm="canary"}}', f'{r.TTFT_P95}{{arm="stable"}}'
@@ -122,72 +121,75 @@ def _canary_latency_regression(p: Profile) -> Alert:
         f"{{{{ $value | humanizeDuration }}}} over {p.window}, more than {p.latency_factor:g}x "
         f"stable's and {p.latency_margin_seconds:g}s above it. The proxy rolls the route back "
         "to stable when Alertmanager delivers this alert.",
-        uids.ROLLOUT, ("route",), {"action": "rollback"},
+        u.rollout, ("route",), {"action": "rollback"},
     )
 
 
-def _target_down(name: str, job: str, what: str, p: Profile) -> Alert:
+def _target_down(name: str, job: str, selector: str, what: str, p: Profile, u: DashboardUids) -> Alert:
     return Alert(
-        name, f'up{{job="{job}"}} == 0\nor absent(up{{job="{job}"}})', p.down_for, "critical",
+        name, f"up{{{selector}}} == 0\nor absent(up{{{selector}}})", p.down_for, "critical",
         f"{what} is down or not scraped",
         f'Prometheus cannot scrape job "{job}"{{{{ with $labels.instance }}}} at {{{{ . }}}}'
         "{{ end }}, or has no such target at all.",
-        uids.OVERVIEW,
+        u.overview,
     )
 
 
-def alert_rules(p: Profile) -> list[dict]:
-    """Every alert of profile ``p``, sorted by name (stable output)."""
+def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
+    """Every alert of profile ``p``, sorted by name (stable output). Every proxy and
+    exporter series is selected on its scrape job (``config``)."""
+    u = config.dashboard_uids
+    proxy, exporter = config.proxy_selector, config.exporter_selector
     alerts = [
-        _canary_error_rate_high(p),
-        _canary_latency_regression(p),
+        _canary_error_rate_high(p, u),
+        _canary_latency_regression(p, u),
         Alert(
-            OLLAMA_DOWN, f"{em.OLLAMA_UP.name} == 0", p.down_for, "critical",
+            OLLAMA_DOWN, f"{em.OLLAMA_UP.name}{{{exporter}}} == 0", p.down_for, "critical",
             "Ollama does not answer the exporter",
             "The exporter on {{ $labels.instance }} cannot reach Ollama's API.",
-            uids.OVERVIEW,
+            u.overview,
         ),
-        _target_down(PROXY_DOWN, PROXY_JOB, "The ollama-sidecar proxy", p),
-        _target_down(EXPORTER_DOWN, EXPORTER_JOB, "The ollama-sidecar exporter", p),
+        _target_down(PROXY_DOWN, config.proxy_job, proxy, "The ollama-sidecar proxy", p, u),
+        _target_down(EXPORTER_DOWN, config.exporter_job, exporter, "The ollama-sidecar exporter", p, u),
         Alert(
             # Only where the exporter sees GPUs: on a CPU-only host every model is "spilled".
             MODEL_SPILLED,
-            f"{em.OLLAMA_MODEL_VRAM_RATIO.name} < 1\n"
-            f"and on (job, instance) (count by (job, instance) ({em.GPU_INFO.name}) > 0)",
+            f"{em.OLLAMA_MODEL_VRAM_RATIO.name}{{{exporter}}} < 1\n"
+            f"and on (job, instance) (count by (job, instance) ({em.GPU_INFO.name}{{{exporter}}}) > 0)",
             p.spill_for, "warning",
             "Model {{ $labels.model }} spilled to the CPU",
             "Only {{ $value | humanizePercentage }} of model {{ $labels.model }} is in GPU memory; "
             "the rest runs on the CPU, much slower.",
-            uids.GPUS, ("model",),
+            u.gpus, ("model",),
         ),
         Alert(
             GPU_MEMORY_NEARLY_FULL,
-            f"{em.GPU_MEMORY_USED.name} / {em.GPU_MEMORY_TOTAL.name} > {p.gpu_memory_ratio:g}",
+            f"{em.GPU_MEMORY_USED.name}{{{exporter}}} / {em.GPU_MEMORY_TOTAL.name}{{{exporter}}} > {p.gpu_memory_ratio:g}",
             p.gpu_memory_for, "warning",
             "GPU {{ $labels.gpu }} memory nearly full",
             "GPU {{ $labels.gpu }} on {{ $labels.instance }} uses {{ $value | humanizePercentage }} "
             "of its memory; the next model to load will spill to the CPU.",
-            uids.GPUS,
+            u.gpus,
         ),
         Alert(
-            GPU_HOT, f"{em.GPU_TEMPERATURE.name} > {p.gpu_temperature_celsius:g}", p.gpu_hot_for,
+            GPU_HOT, f"{em.GPU_TEMPERATURE.name}{{{exporter}}} > {p.gpu_temperature_celsius:g}", p.gpu_hot_for,
             "warning",
             "GPU {{ $labels.gpu }} is hot",
             "GPU {{ $labels.gpu }} on {{ $labels.instance }} is at {{ $value }} °C "
             f"(threshold {p.gpu_temperature_celsius:g} °C); it will throttle.",
-            uids.GPUS,
+            u.gpus,
         ),
         Alert(
             PROXY_OVERLOADED,
-            f"sum by (job, instance) ({pm.QUEUE_LENGTH.name}) > {p.queue_length:g}\n"
+            f"sum by (job, instance) ({pm.QUEUE_LENGTH.name}{{{proxy}}}) > {p.queue_length:g}\n"
             f"or\nsum by (job, instance) (rate({pm.ROUTE_REQUESTS.name}"
-            f'{{error_type="overloaded"}}[{p.window}]))\n'
-            f"/ sum by (job, instance) (rate({pm.ROUTE_REQUESTS.name}[{p.window}])) > {p.overloaded_ratio:g}",
+            f'{{{proxy}, error_type="overloaded"}}[{p.window}]))\n'
+            f"/ sum by (job, instance) (rate({pm.ROUTE_REQUESTS.name}{{{proxy}}}[{p.window}])) > {p.overloaded_ratio:g}",
             p.overloaded_for, "warning",
             "Proxy {{ $labels.instance }} is saturated",
             f"More than {p.queue_length:g} requests wait for an admission slot, or more than "
             f"{_pct(p.overloaded_ratio)} of requests are rejected as overloaded (value {{{{ $value }}}}).",
-            uids.OVERVIEW,
+            u.overview,
         ),
         Alert(
             HIGH_ERROR_RATE,
@@ -198,7 +200,7 @@ def alert_rules(p: Profile) -> list[dict]:
             "Server-side failures (upstream 5xx, timeouts, connection errors, cut streams) are "
             f"{{{{ $value | humanizePercentage }}}} of requests on route {{{{ $labels.route }}}} over "
             f"{p.window}, all arms together (threshold {_pct(p.error_ratio)}).",
-            uids.OVERVIEW, ("route",),
+            u.overview, ("route",),
         ),
         Alert(
             SLOW_TTFT,
@@ -207,16 +209,17 @@ def alert_rules(p: Profile) -> list[dict]:
             "Slow first token on route {{ $labels.route }} ({{ $labels.arm }})",
             "p95 time to first token on route {{ $labels.route }}, arm {{ $labels.arm }}, is "
             f"{{{{ $value | humanizeDuration }}}} over {p.window} (threshold {p.ttft_p95_seconds:g}s).",
-            uids.ROLLOUT, ("route",),
+            u.rollout, ("route",),
         ),
         Alert(
-            ROUTE_ROLLED_BACK, f"max by (route) ({pm.ROUTE_ROLLED_BACK.name}) == 1", "0s",
+            ROUTE_ROLLED_BACK, f"max by (route) ({pm.ROUTE_ROLLED_BACK.name}{{{proxy}}}) == 1", "0s",
             "warning",
             "Route {{ $labels.route }} was rolled back to stable",
             "Route {{ $labels.route }} sends all traffic to its stable model (automatic rollback "
             "or an operator) and stays so until 'ollama-sidecar resume {{ $labels.route }}' "
             "(or, with auto_resume, until the rollback alert resolves).",
-            uids.ROLLOUT, ("route",),
+            u.rollout, ("route",),
         ),
     ]
-    return [a.rule() for a in sorted(alerts, key=lambda a: a.name)]
+    return [dataclasses.replace(a, runbook_base=config.runbook_base).rule()
+            for a in sorted(alerts, key=lambda a: a.name)]

@@ -1,44 +1,38 @@
 """Recording rules: the per route/arm series that alerts and dashboards share.
 
-Names follow ``level:metric:operations`` without the window (see :mod:`alerts.profiles`).
+Names follow ``level:metric:operations`` without the window (see :mod:`proxy.monitoring`,
+where the names live so the dashboards read them without importing this package).
 Ratios aggregate numerator and denominator separately and divide last, so a ratio over
-many proxy replicas is weighted by traffic, not averaged.
+many proxy replicas is weighted by traffic, not averaged. Every input is selected on the
+proxy's scrape job.
 """
 
 from __future__ import annotations
 
 from proxy import metrics as pm
-
-from alerts.profiles import Profile
-
-# Per route and arm, every proxy replica together.
-REQUESTS_RATE = "route_arm:ollama_proxy_requests:rate"
-FAILED_RATE = "route_arm:ollama_proxy_requests_failed:rate"
-FAILED_RATIO = "route_arm:ollama_proxy_requests_failed_per_requests:ratio_rate"
-LATENCY_P95 = "route_arm:ollama_proxy_request_duration_seconds:p95"
-TTFT_P95 = "route_arm:ollama_proxy_time_to_first_token_seconds:p95"
-COMPLETION_TOKENS_RATE = "route_arm:ollama_proxy_completion_tokens:rate"
-# Per route, all arms together.
-ROUTE_REQUESTS_RATE = "route:ollama_proxy_requests:rate"
-ROUTE_FAILED_RATIO = "route:ollama_proxy_requests_failed_per_requests:ratio_rate"
+from proxy.monitoring import (  # noqa: F401  (re-exported: the rule names' one home is proxy.monitoring)
+    COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, LATENCY_P95, RECORDED_NAMES,
+    REQUESTS_RATE, ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE, TTFT_P95, MonitoringConfig, Profile,
+)
 
 # error_type values that count against an arm, as a regex matcher value (sorted: stable output).
 SERVER_SIDE_ERRORS_RE = "|".join(sorted(pm.SERVER_SIDE_ERRORS))
 
 
-def recording_rules(profile: Profile) -> list[dict[str, str]]:
+def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> list[dict[str, str]]:
     """Rules in dependency order: a rule may read the ones above it in the same group,
     which Prometheus evaluates in order at one timestamp."""
     w = profile.window
+    job = config.proxy_selector
     requests = pm.ROUTE_REQUESTS.name  # session-free, first failure visible (see its help)
     return [
-        {"record": REQUESTS_RATE, "expr": f"sum by (route, arm) (rate({requests}[{w}]))"},
+        {"record": REQUESTS_RATE, "expr": f"sum by (route, arm) (rate({requests}{{{job}}}[{w}]))"},
         {
             # Without the `or`, an arm that never failed has no failure series at all, its
             # ratio would be missing instead of 0, and canary-vs-stable could not compare.
             "record": FAILED_RATE,
             "expr": (
-                f'sum by (route, arm) (rate({requests}{{error_type=~"{SERVER_SIDE_ERRORS_RE}"}}[{w}]))\n'
+                f'sum by (route, arm) (rate({requests}{{{job}, error_type=~"{SERVER_SIDE_ERRORS_RE}"}}[{w}]))\n'
                 f"or\n0 * {REQUESTS_RATE}"
             ),
         },
@@ -52,24 +46,18 @@ def recording_rules(profile: Profile) -> list[dict[str, str]]:
         },
         {
             "record": LATENCY_P95,
-            "expr": _p95(pm.REQUEST_DURATION.name, w),
+            "expr": _p95(pm.REQUEST_DURATION.name, job, w),
         },
         {
             "record": TTFT_P95,
-            "expr": _p95(pm.TIME_TO_FIRST_TOKEN.name, w),
+            "expr": _p95(pm.TIME_TO_FIRST_TOKEN.name, job, w),
         },
         {
             "record": COMPLETION_TOKENS_RATE,
-            "expr": f'sum by (route, arm) (rate({pm.TOKENS.name}{{kind="completion"}}[{w}]))',
+            "expr": f'sum by (route, arm) (rate({pm.TOKENS.name}{{{job}, kind="completion"}}[{w}]))',
         },
     ]
 
 
-def _p95(histogram: str, window: str) -> str:
-    return f"histogram_quantile(0.95, sum by (route, arm, le) (rate({histogram}_bucket[{window}])))"
-
-
-RECORDED_NAMES: tuple[str, ...] = (
-    REQUESTS_RATE, FAILED_RATE, FAILED_RATIO, ROUTE_REQUESTS_RATE, ROUTE_FAILED_RATIO,
-    LATENCY_P95, TTFT_P95, COMPLETION_TOKENS_RATE,
-)
+def _p95(histogram: str, job: str, window: str) -> str:
+    return f"histogram_quantile(0.95, sum by (route, arm, le) (rate({histogram}_bucket{{{job}}}[{window}])))"

@@ -1,16 +1,15 @@
 """The processes a benchmark run compares: fake upstream, the proxy, nginx.
 
 Each runs in its own process on a free 127.0.0.1 port so none shares an event loop or
-the GIL with another or with the load generator.
+the GIL with another or with the load generator. They are started and stopped by the same
+supervisor as the demo stack (:mod:`proxy.commands.children`): each dies with the bench,
+even when the bench is SIGKILLed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run as a script from a checkout
+
+from proxy.commands.children import Child, free_port  # noqa: E402
+
 NGINX = "/usr/sbin/nginx"
-PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, what: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -45,30 +41,12 @@ def wait_http(url: str, what: str, proc: subprocess.Popen, timeout: float = 20.0
         time.sleep(0.05)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the bench dies, even by SIGKILL: no stray servers left behind."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def _spawn(stack: ExitStack, argv: list[str], log: Path) -> subprocess.Popen:
-    out = stack.enter_context(open(log, "wb"))
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
-    stack.callback(stop, proc)
-    return proc
+    log.unlink(missing_ok=True)  # one run's output per file
+    child = Child(Path(argv[0]).name, argv, log).start()
+    stack.callback(child.stop, 5.0)
+    assert child.proc is not None
+    return child.proc
 
 
 def start_upstream(stack: ExitStack, tmp: Path, interval_ms: float) -> tuple[str, subprocess.Popen]:

@@ -1,10 +1,12 @@
-"""Building blocks shared by every dashboard: the pinned datasource, variables, panels.
+"""Building blocks shared by every dashboard: the pinned datasource, selectors, variables, panels.
 
 Every panel, target, annotation and query variable reads the ``datasource`` variable, whose
-default is the provisioned datasource's pinned uid: a provisioned dashboard works on first
-load and never points at a datasource Grafana renamed, and a team with several Prometheus
-servers can still switch. Panels are laid out by :class:`Layout` (rows of panels on the
-24-column grid).
+default is the provisioned datasource's pinned uid (:attr:`MonitoringConfig.datasource_uid`):
+a provisioned dashboard works on first load and never points at a datasource Grafana
+renamed, and a team with several Prometheus servers can still switch. Every proxy and
+exporter series is selected on its scrape job (:class:`Selectors`), so dashboards rendered
+for other job names (``ollama-sidecar generate --overrides``) read only those jobs. Panels
+are laid out by :class:`Layout` (rows of panels on the 24-column grid).
 """
 
 from __future__ import annotations
@@ -16,13 +18,26 @@ from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
 from proxy import metrics as pm
+from proxy.monitoring import MonitoringConfig
 
-DATASOURCE_UID = "ollama-sidecar-prometheus"  # pinned in provisioning/grafana/datasources/
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}  # the variable, defaulting to the pin
-
-# Label matchers every proxy query carries so the variables filter it.
-PROXY_FILTER = 'instance=~"$instance", route=~"$route", model=~"$model"'
 RATE = "$__rate_interval"
+
+# What a GPU panel says where the exporter reads no GPU (CPU-only host, NVML off or down):
+# never a 0 °C or 0 W that looks like a reading.
+NO_GPU = "no GPU (or NVML down)"
+
+
+class Selectors:
+    """The label matchers of one config's queries: the job always, then the variables."""
+
+    def __init__(self, config: MonitoringConfig) -> None:
+        self.proxy = config.proxy_selector
+        self.exporter = config.exporter_selector
+        self.proxy_instance = f'{self.proxy}, instance=~"$instance"'
+        # Every per-request proxy query carries these so the variables filter it.
+        self.proxy_filter = f'{self.proxy_instance}, route=~"$route", model=~"$model"'
+        self.exporter_instance = f'{self.exporter}, instance=~"$instance"'
 
 
 def thresholds(*steps: tuple[str, float | None]) -> list[dict]:
@@ -50,38 +65,45 @@ def _targets(queries: list[tuple[str, str]] | tuple[str, str]) -> list[g.Target]
 
 def timeseries(title: str, queries, unit: str, *, description: str = "",
                steps: list[dict] | None = None, threshold_lines: bool = False,
-               stacked: bool = False, max_: int | None = None) -> g.TimeSeries:
-    return g.TimeSeries(
+               stacked: bool = False, max_: int | None = None, no_value: str | None = None,
+               mappings: list[dict] | None = None) -> g.TimeSeries:
+    panel = g.TimeSeries(
         title=title, description=description or None, dataSource=DATASOURCE,
-        targets=_targets(queries), unit=unit, thresholds=steps or GREEN_ONLY,
+        targets=_targets(queries), unit=unit, thresholds=steps or GREEN_ONLY, mappings=mappings or [],
         thresholdsStyleMode="line" if threshold_lines else "off",
         stacking={"mode": "normal", "group": "A"} if stacked else {},
         fillOpacity=20 if stacked else 0, legendDisplayMode="table",
         legendCalcs=["lastNotNull", "max"], tooltipMode="multi", valueMin=0,
         valueMax=max_,
     )
+    if no_value:  # grafanalib's TimeSeries has no noValue; Grafana reads it from the defaults
+        panel.extraJson = {"fieldConfig": {"defaults": {"noValue": no_value}}}
+    return panel
 
 
 def stat(title: str, queries, unit: str, *, description: str = "",
          steps: list[dict] | None = None, mappings: list[dict] | None = None,
-         graph: bool = False) -> g.Stat:
+         graph: bool = False, no_value: str = "no data") -> g.Stat:
     return g.Stat(
         title=title, description=description or None, dataSource=DATASOURCE,
         targets=_targets(queries), format=unit, thresholds=steps or GREEN_ONLY,
         mappings=mappings or [], graphMode="area" if graph else "none",
-        colorMode="background", reduceCalc="lastNotNull", noValue="no data",
+        colorMode="background", reduceCalc="lastNotNull", noValue=no_value,
     )
 
 
 def gauge(title: str, queries, unit: str, steps: list[dict], *, min_: float = 0,
-          max_: float = 1, description: str = "") -> g.GaugePanel:
+          max_: float = 1, description: str = "", no_value: str | None = None) -> g.GaugePanel:
+    extra: dict = {"options": {"showThresholdMarkers": True, "showThresholdLabels": False,
+                               "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}}
+    if no_value:
+        extra["fieldConfig"] = {"defaults": {"noValue": no_value}}
     return g.GaugePanel(
         title=title, description=description or None, dataSource=DATASOURCE,
         targets=_targets(queries), format=unit, thresholds=steps, min=min_, max=max_,
         calc="lastNotNull",
         # grafanalib puts these under fieldConfig; Grafana reads them from options.
-        extraJson={"options": {"showThresholdMarkers": True, "showThresholdLabels": False,
-                               "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}},
+        extraJson=extra,
     )
 
 
@@ -135,10 +157,11 @@ def _query_var(name: str, label: str, query: str) -> g.Template:
     return var
 
 
-def variables(instance_query: str, route_query: str, model_query: str) -> g.Templating:
+def variables(config: MonitoringConfig, instance_query: str, route_query: str,
+              model_query: str) -> g.Templating:
     """datasource, instance, route, model — in that order on every dashboard."""
     ds = g.Template(name="datasource", label="Datasource", query="prometheus", type="datasource",
-                    default=DATASOURCE_UID, regex=None)
+                    default=config.datasource_uid, regex=None)
     return g.Templating(list=[
         ds,
         _query_var("instance", "Instance", instance_query),
@@ -147,11 +170,14 @@ def variables(instance_query: str, route_query: str, model_query: str) -> g.Temp
     ])
 
 
-PROXY_VARIABLES = dict(
-    instance_query=f"label_values({pm.BUILD_INFO.name}, instance)",
-    route_query=f'label_values({pm.REQUESTS.name}{{instance=~"$instance"}}, route)',
-    model_query=f'label_values({pm.REQUESTS.name}{{instance=~"$instance", route=~"$route"}}, model)',
-)
+def proxy_variables(config: MonitoringConfig) -> g.Templating:
+    s = Selectors(config)
+    return variables(
+        config,
+        instance_query=f"label_values({pm.BUILD_INFO.name}{{{s.proxy}}}, instance)",
+        route_query=f"label_values({pm.REQUESTS.name}{{{s.proxy_instance}}}, route)",
+        model_query=f'label_values({pm.REQUESTS.name}{{{s.proxy_instance}, route=~"$route"}}, model)',
+    )
 
 
 # --- layout ---------------------------------------------------------------------------
@@ -176,11 +202,11 @@ class Layout:
         self._y += height
 
 
-def dashboard(uid: str, title: str, description: str, layout: Layout, templating: g.Templating,
-              annotations: list[dict] | None = None) -> g.Dashboard:
+def dashboard(config: MonitoringConfig, uid: str, title: str, description: str, layout: Layout,
+              templating: g.Templating, annotations: list[dict] | None = None) -> g.Dashboard:
     return g.Dashboard(
         uid=uid, title=title, description=description, tags=["ollama-sidecar"],
-        panels=layout.panels, templating=templating, timezone="browser", refresh="30s",
+        panels=layout.panels, templating=templating, timezone="browser", refresh=config.refresh,
         time=g.Time("now-1h", "now"), graphTooltip=1,
         annotations=g.Annotations(list=annotations or []),
     ).auto_panel_ids()
@@ -194,13 +220,20 @@ def to_json(dash: g.Dashboard) -> str:
 
 # --- PromQL snippets -------------------------------------------------------------------
 
-def rate(metric: str, matchers: str = PROXY_FILTER, by: str = "") -> str:
+def rate(metric: str, matchers: str, by: str = "") -> str:
     """``sum [by (…)] (rate(metric{matchers}[$__rate_interval]))``."""
     agg = f"sum by ({by})" if by else "sum"
     return f"{agg} (rate({metric}{{{matchers}}}[{RATE}]))"
 
 
-def quantile(q: float, histogram: str, by: str = "", matchers: str = PROXY_FILTER) -> str:
+def ratio(numerator: str, denominator: str) -> str:
+    """``numerator / denominator``, where a numerator with no series (the event never
+    happened: no failure, no overflow) counts as 0 for every series of the denominator.
+    With no traffic at all the ratio stays empty: 0/0 is not 0 %."""
+    return f"(\n  {numerator}\n  or\n  0 * {denominator}\n)\n/\n{denominator}"
+
+
+def quantile(q: float, histogram: str, matchers: str, by: str = "") -> str:
     keep = f"{by}, le" if by else "le"
     return (f"histogram_quantile({q:g}, sum by ({keep}) "
             f"(rate({histogram}_bucket{{{matchers}}}[{RATE}])))")

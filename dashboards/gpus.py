@@ -5,17 +5,18 @@ from __future__ import annotations
 from grafanalib import core as g
 
 from dashboards import common as c
-from dashboards import uids
 from exporter import metrics as em
 from proxy import metrics as pm
+from proxy.monitoring import DEFAULT, MonitoringConfig
 
-INST = 'instance=~"$instance"'
-MODEL = f'{INST}, model=~"$model"'
 GPU_LEGEND = "GPU {{gpu}} ({{instance}})"
-LOAD_FILTER = 'route=~"$route", model=~"$model"'
 
 
-def build() -> g.Dashboard:
+def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
+    s = c.Selectors(config)
+    INST = s.exporter_instance
+    MODEL = f'{INST}, model=~"$model"'
+    LOAD_FILTER = f'{s.proxy}, route=~"$route", model=~"$model"'
     lay = c.Layout()
     lay.row(
         "Ollama",
@@ -25,7 +26,9 @@ def build() -> g.Dashboard:
         (c.stat("Models installed", (f"sum({em.OLLAMA_MODELS_INSTALLED.name}{{{INST}}})", "installed"),
                 "short"), 6),
         (c.stat("NVML up", (f"{em.NVML_UP.name}{{{INST}}}", "{{instance}}"), "none", steps=c.UP_STEPS,
-                mappings=c.UP_DOWN, description="0 on a CPU-only host, or when the driver is missing."), 6),
+                mappings=c.UP_DOWN, no_value="NVML off",
+                description="0 on a CPU-only host, or when the driver is missing; no value when the "
+                            "exporter runs with --no-nvml."), 6),
         height=4,
     )
     lay.row(
@@ -52,7 +55,7 @@ def build() -> g.Dashboard:
     lay.row(
         "Cold loads",
         (c.timeseries("Upstream load duration p95 by model",
-                      (c.quantile(0.95, load, "model", LOAD_FILTER), "{{model}}"), "s",
+                      (c.quantile(0.95, load, LOAD_FILTER, "model"), "{{model}}"), "s",
                       description="Ollama's load_duration as the proxy saw it: long = the model was loaded cold."), 12),
         (c.timeseries("Cold loads/s (load over 1 s)",
                       (f'sum by (model) (rate({load}_bucket{{{LOAD_FILTER}, le="+Inf"}}[{c.RATE}]))\n'
@@ -60,33 +63,40 @@ def build() -> g.Dashboard:
                       "ops"), 12),
     )
     used, total = em.GPU_MEMORY_USED.name, em.GPU_MEMORY_TOTAL.name
+    limits = config.thresholds  # the alerts' thresholds, drawn where the alert looks
     lay.row(
         "GPUs",
         (c.gauge("GPU memory used", (f"{used}{{{INST}}} / {total}{{{INST}}}", GPU_LEGEND), "percentunit",
-                 c.thresholds(("green", None), ("orange", 0.9), ("red", 0.95))), 6),
+                 c.thresholds(("green", None), ("orange", round(limits.gpu_memory_ratio - 0.05, 4)),
+                              ("red", limits.gpu_memory_ratio)),
+                 no_value=c.NO_GPU), 6),
         (c.timeseries("GPU memory used / total", [
             (f"{used}{{{INST}}}", "used " + GPU_LEGEND), (f"{total}{{{INST}}}", "total " + GPU_LEGEND),
-        ], "bytes"), 6),
+        ], "bytes", no_value=c.NO_GPU), 6),
         (c.timeseries("GPU utilisation", (f"{em.GPU_UTILIZATION.name}{{{INST}}}", GPU_LEGEND),
-                      "percentunit", max_=1), 6),
+                      "percentunit", max_=1, no_value=c.NO_GPU), 6),
         (c.timeseries("GPU power", [
             (f"{em.GPU_POWER.name}{{{INST}}}", "draw " + GPU_LEGEND),
             (f"{em.GPU_POWER_LIMIT.name}{{{INST}}}", "limit " + GPU_LEGEND),
-        ], "watt"), 6),
+        ], "watt", no_value=c.NO_GPU,
+            description="GPUs that do not report power (many consumer cards) have no line."), 6),
     )
     lay.row(
         "GPU health",
         (c.timeseries("GPU temperature", (f"{em.GPU_TEMPERATURE.name}{{{INST}}}", GPU_LEGEND), "celsius",
-                      steps=c.thresholds(("green", None), ("orange", 80), ("red", 85)), threshold_lines=True), 12),
+                      steps=c.thresholds(("green", None), ("orange", limits.gpu_temperature_celsius - 5),
+                                         ("red", limits.gpu_temperature_celsius)),
+                      threshold_lines=True, no_value=c.NO_GPU), 12),
         (c.timeseries("VRAM per process", (f"{em.GPU_PROCESS_MEMORY.name}{{{INST}}}",
-                                           "{{process}} ({{pid}}) on GPU {{gpu}}"), "bytes"), 12),
+                                           "{{process}} ({{pid}}) on GPU {{gpu}}"), "bytes", no_value=c.NO_GPU), 12),
     )
     return c.dashboard(
-        uids.GPUS, "Ollama sidecar / Ollama and GPUs",
+        config, config.dashboard_uids.gpus, "Ollama sidecar / Ollama and GPUs",
         "Loaded models, VRAM and spill to CPU, cold loads, and every GPU's memory, load, power and heat.",
         lay, c.variables(
-            instance_query=f"label_values({em.EXPORTER_BUILD_INFO.name}, instance)",
-            route_query=f"label_values({pm.REQUESTS.name}, route)",
+            config,
+            instance_query=f"label_values({em.EXPORTER_BUILD_INFO.name}{{{s.exporter}}}, instance)",
+            route_query=f"label_values({pm.REQUESTS.name}{{{s.proxy}}}, route)",
             model_query=f"label_values({em.OLLAMA_MODEL_INFO.name}{{{INST}}}, model)",
         ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dashboards import common, gpus, overview, rollout, sessions
+from proxy.monitoring import DEFAULT, MonitoringConfig
 
 DASHBOARD_DIR = "provisioning/grafana/dashboards"
 # file stem -> builder; the stem is the uid without the common prefix.
@@ -14,6 +15,7 @@ BUILDERS = {
 }
 
 
-def rendered_files() -> dict[str, str]:
+def rendered_files(config: MonitoringConfig = DEFAULT) -> dict[str, str]:
     """Relative path -> JSON, sorted by path."""
-    return {f"{DASHBOARD_DIR}/{stem}.json": common.to_json(build()) for stem, build in sorted(BUILDERS.items())}
+    return {f"{DASHBOARD_DIR}/{stem}.json": common.to_json(build(config))
+            for stem, build in sorted(BUILDERS.items())}

@@ -3,43 +3,47 @@
 The error, latency and TTFT panels read the same recording rules the rollback alerts read,
 so the on-call sees exactly the numbers that made (or will make) the proxy roll back. Those
 series are summed over proxy replicas (the decision is per route, not per replica), so the
-instance variable does not filter them. Threshold lines show the production profile.
+instance variable does not filter them. Threshold lines show the thresholds of the config's
+dashboard profile (production by default).
 """
 
 from __future__ import annotations
 
 from grafanalib import core as g
 
-from alerts import recording as r
-from alerts.profiles import PRODUCTION
 from dashboards import common as c
-from dashboards import uids
 from proxy import metrics as pm
+from proxy import monitoring as r
+from proxy.monitoring import DEFAULT, MonitoringConfig
 
 ARMS = 'arm=~"stable|canary"'
-RAW = f'instance=~"$instance", route=~"$route", model=~"$model", {ARMS}'
 REC = f'route=~"$route", {ARMS}'
 LEGEND = "{{route}} {{arm}}"
-ALERT_VIEW = f"Recording rule {{}} (rate window of the loaded rule profile: {PRODUCTION.window} in production)."
+# The breaker panels: a route without a breaker shows "off", not "No data".
+BREAKER_OFF = -1
+BREAKER_MAPPINGS = c.value_mapping({str(BREAKER_OFF): ("off", "text")})
 
-ROUTE_CHANGE_ANNOTATION = {
-    "name": "Route changes",
-    "datasource": c.DATASOURCE,
-    "enable": True,
-    "iconColor": "orange",
-    # changes() misses a series' first sample, and a new reason (alert:<name>) is a new
-    # series born at 1; the `unless … offset` half catches those.
-    "expr": (
-        f'sum by (route, reason) (changes({pm.ROUTE_CHANGES.name}{{route=~"$route"}}[1m]) > 0)\n'
-        f'or sum by (route, reason) ({pm.ROUTE_CHANGES.name}{{route=~"$route"}} '
-        f'unless {pm.ROUTE_CHANGES.name}{{route=~"$route"}} offset 1m)'
-    ),
-    "step": "30s",
-    "titleFormat": "route {{route}}: {{reason}}",
-    "tagKeys": "route,reason",
-    "textFormat": "Route {{route}} changed (reason: {{reason}})",
-    "useValueForTime": False,
-}
+
+def route_change_annotation(config: MonitoringConfig) -> dict:
+    x = f'{pm.ROUTE_CHANGES.name}{{{config.proxy_selector}, route=~"$route"}}'
+    return {
+        "name": "Route changes",
+        "datasource": c.DATASOURCE,
+        "enable": True,
+        "iconColor": "orange",
+        # changes() misses a series' first sample, and a new reason (alert:<name>) is a new
+        # series born at 1; the `unless … offset` half catches those.
+        "expr": (
+            f"sum by (route, reason) (changes({x}[1m]) > 0)\n"
+            f"or sum by (route, reason) ({x} unless {x} offset 1m)"
+        ),
+        "step": "30s",
+        "titleFormat": "route {{route}}: {{reason}}",
+        "tagKeys": "route,reason",
+        "textFormat": "Route {{route}} changed (reason: {{reason}})",
+        "useValueForTime": False,
+    }
+
 FIRING_ALERTS_ANNOTATION = {
     "name": "Firing alerts",
     "datasource": c.DATASOURCE,
@@ -55,31 +59,48 @@ FIRING_ALERTS_ANNOTATION = {
 
 
 
-def changes_in_range(by: str) -> str:
+def changes_in_range(by: str, config: MonitoringConfig = DEFAULT) -> str:
     """Route changes in the dashboard's range. A reason's series is born at 1 on its first
     change (``alert:<name>`` cannot be created at 0 in advance), and increase() cannot see a
     series' first increment: series that existed at the start of the range count their
     increase, series born inside it count their whole value."""
-    x = f'{pm.ROUTE_CHANGES.name}{{route=~"$route"}}'
+    x = f'{pm.ROUTE_CHANGES.name}{{{config.proxy_selector}, route=~"$route"}}'
     return f"sum{f' by ({by})' if by else ''} ((increase({x}[$__range]) and {x} offset $__range) or {x})"
 
-def build() -> g.Dashboard:
+
+def breaker_ratio(config: MonitoringConfig) -> str:
+    """The breaker's canary failure ratio per route, or -1 ("off") for a route without a
+    breaker, whose gauge does not exist."""
+    sel = f'{config.proxy_selector}, route=~"$route"'
+    return (f"max by (route) ({pm.BREAKER_CANARY_FAILURE_RATIO.name}{{{sel}}})\n"
+            f"or on (route)\n{BREAKER_OFF} * max by (route) ({pm.ROUTE_INFO.name}{{{sel}}})")
+
+
+def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
+    s = c.Selectors(config)
+    limits = config.thresholds
+    RAW = f"{s.proxy_filter}, {ARMS}"
+    ROUTE = f'{s.proxy}, route=~"$route"'
+    alert_view = (f"Recording rule {{}} (rate window of the loaded rule profile: {limits.window} "
+                  f"in {limits.name}).")
+    breaker_description = ("The in-process circuit breaker's own window; 'off' for a route without "
+                           "a breaker.")
     lay = c.Layout()
     lay.row(
         "Routing state",
-        (c.stat("Canary weight", (f'max by (route) ({pm.ROUTE_CANARY_WEIGHT.name}{{route=~"$route"}})',
+        (c.stat("Canary weight", (f"max by (route) ({pm.ROUTE_CANARY_WEIGHT.name}{{{ROUTE}}})",
                                   "{{route}}"), "percent", graph=True), 6),
-        (c.stat("Rolled back", (f'max by (route) ({pm.ROUTE_ROLLED_BACK.name}{{route=~"$route"}})',
+        (c.stat("Rolled back", (f"max by (route) ({pm.ROUTE_ROLLED_BACK.name}{{{ROUTE}}})",
                                 "{{route}}"), "none",
                 mappings=c.value_mapping({"0": ("no", "green"), "1": ("ROLLED BACK", "red")}),
                 steps=c.thresholds(("green", None), ("red", 1))), 6),
         (c.stat("Breaker: canary failure ratio",
-                (f'max by (route) ({pm.BREAKER_CANARY_FAILURE_RATIO.name}{{route=~"$route"}})', "{{route}}"),
-                "percentunit", graph=True,
-                steps=c.thresholds(("green", None), ("orange", PRODUCTION.canary_error_ratio)),
-                description="The in-process circuit breaker's own window (only when it is enabled)."), 6),
+                (breaker_ratio(config), "{{route}}"),
+                "percentunit", graph=True, mappings=BREAKER_MAPPINGS,
+                steps=c.thresholds(("green", None), ("orange", limits.canary_error_ratio)),
+                description=breaker_description), 6),
         (c.stat("Route changes in range",
-                (changes_in_range(""), "changes"),
+                (changes_in_range("", config), "changes"),
                 "short", steps=c.thresholds(("green", None), ("orange", 1))), 6),
         height=4,
     )
@@ -91,51 +112,52 @@ def build() -> g.Dashboard:
                       "percentunit", stacked=True, max_=1,
                       description="Should follow the canary weight; 0 for the canary after a rollback."), 12),
         (c.timeseries("Requests/s by arm", (f"{r.REQUESTS_RATE}{{{REC}}}", LEGEND), "reqps",
-                      description=ALERT_VIEW.format(r.REQUESTS_RATE)), 12),
+                      description=alert_view.format(r.REQUESTS_RATE)), 12),
     )
     lay.row(
         "Errors",
         (c.timeseries("Server-side failure ratio by arm (what the rollback alert sees)",
                       (f"{r.FAILED_RATIO}{{{REC}}}", LEGEND), "percentunit",
-                      steps=c.thresholds(("green", None), ("red", PRODUCTION.canary_error_ratio)),
-                      threshold_lines=True, description=ALERT_VIEW.format(r.FAILED_RATIO)), 12),
+                      steps=c.thresholds(("green", None), ("red", limits.canary_error_ratio)),
+                      threshold_lines=True, description=alert_view.format(r.FAILED_RATIO)), 12),
         (c.timeseries("Server-side failure ratio by arm (dashboard resolution)",
-                      (f"{c.rate(pm.ROUTE_REQUESTS.name, f'{RAW}, {c.SERVER_SIDE}', 'route, arm')}\n/\n"
-                       f"{c.rate(pm.ROUTE_REQUESTS.name, RAW, 'route, arm')}", LEGEND), "percentunit",
+                      (c.ratio(c.rate(pm.ROUTE_REQUESTS.name, f"{RAW}, {c.SERVER_SIDE}", "route, arm"),
+                               c.rate(pm.ROUTE_REQUESTS.name, RAW, "route, arm")), LEGEND), "percentunit",
                       description="Same ratio over Grafana's rate interval, filtered by instance."), 12),
     )
     lay.row(
         "Latency",
         (c.timeseries("p95 latency by arm", (f"{r.LATENCY_P95}{{{REC}}}", LEGEND), "s",
-                      description=ALERT_VIEW.format(r.LATENCY_P95)), 8),
+                      description=alert_view.format(r.LATENCY_P95)), 8),
         (c.timeseries("p95 time to first token by arm", (f"{r.TTFT_P95}{{{REC}}}", LEGEND), "s",
-                      steps=c.thresholds(("green", None), ("red", PRODUCTION.ttft_p95_seconds)),
-                      threshold_lines=True, description=ALERT_VIEW.format(r.TTFT_P95)), 8),
+                      steps=c.thresholds(("green", None), ("red", limits.ttft_p95_seconds)),
+                      threshold_lines=True, description=alert_view.format(r.TTFT_P95)), 8),
         (c.timeseries("p95 time per output token by arm",
-                      (c.quantile(0.95, pm.TIME_PER_OUTPUT_TOKEN.name, "route, arm", RAW), LEGEND), "s"), 8),
+                      (c.quantile(0.95, pm.TIME_PER_OUTPUT_TOKEN.name, RAW, "route, arm"), LEGEND), "s"), 8),
     )
     lay.row(
         "Throughput and breaker",
         (c.timeseries("Completion tokens/s by arm", (f"{r.COMPLETION_TOKENS_RATE}{{{REC}}}", LEGEND),
-                      "suffix: tok/s", description=ALERT_VIEW.format(r.COMPLETION_TOKENS_RATE)), 12),
+                      "suffix: tok/s", description=alert_view.format(r.COMPLETION_TOKENS_RATE)), 12),
         (c.timeseries("Breaker: canary failure ratio",
-                      (f'max by (route) ({pm.BREAKER_CANARY_FAILURE_RATIO.name}{{route=~"$route"}})', "{{route}}"),
-                      "percentunit"), 12),
+                      (breaker_ratio(config), "{{route}}"),
+                      "percentunit", mappings=BREAKER_MAPPINGS,
+                      description=breaker_description + " An 'off' route's line stays below the axis."), 12),
     )
     lay.row(
         "Decisions",
         (c.table("Route changes in range by reason",
-                 [(changes_in_range("route, reason"),
+                 [(changes_in_range("route, reason", config),
                    "Changes")], "short", sort_by="Changes",
                  description="admin, config, alert:<name>, breaker, reconcile, promote, resume."), 12),
         (c.table("Models per route now",
-                 [(f'max by (route, stable, canary) ({pm.ROUTE_INFO.name}{{route=~"$route"}})', "Configured")],
+                 [(f"max by (route, stable, canary) ({pm.ROUTE_INFO.name}{{{ROUTE}}})", "Configured")],
                  "none"), 12),
         height=7,
     )
     return c.dashboard(
-        uids.ROLLOUT, "Ollama sidecar / Rollout: canary vs stable",
+        config, config.dashboard_uids.rollout, "Ollama sidecar / Rollout: canary vs stable",
         "Canary and stable arms side by side; annotations mark every route change and firing alert.",
-        lay, c.variables(**c.PROXY_VARIABLES),
-        annotations=[ROUTE_CHANGE_ANNOTATION, FIRING_ALERTS_ANNOTATION],
+        lay, c.proxy_variables(config),
+        annotations=[route_change_annotation(config), FIRING_ALERTS_ANNOTATION],
     )

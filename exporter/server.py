@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "--no-nvml", dest="nvml", action="store_false",
         help="do not read GPUs at all (no nvml_up or gpu_* series), e.g. on a CPU-only host")
     parser.add_argument(
+        "--fake-gpus", type=int, default=0, metavar="N",
+        help="for demos and tests: read N simulated GPUs (a fake NVML) instead of the real ones")
+    parser.add_argument(
         "--nvml-retry", type=_positive, default=30.0, metavar="SECONDS",
         help="while NVML is unavailable, try to initialise it again this often (default 30)")
     parser.add_argument(
@@ -102,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if args.fake_gpus:
+        if not args.nvml or args.fake_gpus < 0:
+            log.error("--fake-gpus needs a count >= 1 and NVML on (not --no-nvml)")
+            return 2
+        from exporter.fake_nvml import install_demo_gpus
+        install_demo_gpus(args.fake_gpus)
+        log.warning("simulating %d GPU(s) with a fake NVML (--fake-gpus): not for a real host", args.fake_gpus)
     exporter = Exporter(ollama_url, timeout=args.timeout, cache=args.cache,
                         nvml=args.nvml, nvml_retry=args.nvml_retry)
     try:

@@ -4,7 +4,6 @@ the one deadline-polling helper (:func:`wait_for`) and the one fake clock (:clas
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -16,14 +15,11 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import METRICS, build_app
+from proxy.commands.children import free_port  # noqa: F401  (tests import it from here)
 from proxy.config import ProxyConfig, parse_config
 from proxy.commands.server import new_event_loop
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str = "a condition", interval: float = 0.05):

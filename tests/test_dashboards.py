@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import uids
-from dashboards.common import DATASOURCE, DATASOURCE_UID
+from dashboards.common import DATASOURCE
 from dashboards.render import rendered_files
 from exporter import metrics as em
 from proxy import metrics as pm
+from proxy.monitoring import DEFAULT
 from tests.promql import load_dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "provisioning/grafana/dashboards"
 DASHBOARDS = load_dashboards(DIR)
+UIDS = DEFAULT.dashboard_uids
 ALLOWED_TYPES = {"row", "timeseries", "stat", "gauge", "table"}
 ANGULAR_TYPES = {"graph", "singlestat", "table-old", "grafana-piechart-panel"}
 
@@ -35,8 +36,8 @@ def _exprs(dash: dict) -> str:
 
 
 def test_the_four_dashboards_are_provisioned_with_stable_uids():
-    assert sorted(d["uid"] for d in DASHBOARDS.values()) == sorted(uids.ALL)
-    assert all(len(u) <= 40 for u in uids.ALL)  # Grafana's limit
+    assert sorted(d["uid"] for d in DASHBOARDS.values()) == sorted(UIDS.all)
+    assert all(len(u) <= 40 for u in UIDS.all)  # Grafana's limit
 
 
 def test_committed_json_matches_the_code():
@@ -80,7 +81,7 @@ def test_variables_datasource_instance_route_model(name):
     assert [v["name"] for v in variables] == ["datasource", "instance", "route", "model"]
     ds = variables[0]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    assert ds["current"]["value"] == DATASOURCE_UID  # the default: the provisioned, pinned uid
+    assert ds["current"]["value"] == DEFAULT.datasource_uid  # the default: the provisioned, pinned uid
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -106,7 +107,7 @@ def test_layout_fits_the_grid_without_overlaps(name):
 
 
 def test_overview_answers_is_it_up_traffic_errors_latency_and_routing():
-    exprs = _exprs(_by_uid(uids.OVERVIEW))
+    exprs = _exprs(_by_uid(UIDS.overview))
     for needed in ('up{job="ollama-proxy"', 'up{job="ollama-exporter"}', em.OLLAMA_UP.name,
                    pm.REQUESTS.name, "by (error_type)", "histogram_quantile(0.99",
                    pm.TIME_TO_FIRST_TOKEN.name, pm.TOKENS.name, pm.IN_FLIGHT.name,
@@ -115,7 +116,7 @@ def test_overview_answers_is_it_up_traffic_errors_latency_and_routing():
 
 
 def test_rollout_compares_the_arms_and_annotates_route_changes_and_alerts():
-    dash = _by_uid(uids.ROLLOUT)
+    dash = _by_uid(UIDS.rollout)
     exprs = _exprs(dash)
     for needed in ("route_arm:ollama_proxy_requests_failed_per_requests:ratio_rate",
                    "route_arm:ollama_proxy_request_duration_seconds:p95",
@@ -131,7 +132,7 @@ def test_rollout_compares_the_arms_and_annotates_route_changes_and_alerts():
 
 
 def test_gpu_dashboard_shows_models_vram_spill_expiry_cold_loads_and_gpus():
-    exprs = _exprs(_by_uid(uids.GPUS))
+    exprs = _exprs(_by_uid(UIDS.gpus))
     for spec in (em.OLLAMA_MODEL_LOADED_SIZE, em.OLLAMA_MODEL_VRAM, em.OLLAMA_MODEL_VRAM_RATIO,
                  em.OLLAMA_MODEL_EXPIRES_IN, em.GPU_MEMORY_USED, em.GPU_MEMORY_TOTAL,
                  em.GPU_UTILIZATION, em.GPU_POWER, em.GPU_TEMPERATURE, em.GPU_PROCESS_MEMORY):
@@ -140,7 +141,7 @@ def test_gpu_dashboard_shows_models_vram_spill_expiry_cold_loads_and_gpus():
 
 
 def test_sessions_dashboard_shows_top_sessions_other_share_and_evictions():
-    dash = _by_uid(uids.SESSIONS)
+    dash = _by_uid(UIDS.sessions)
     exprs = _exprs(dash)
     assert "topk(10, sum by (session) (increase(ollama_proxy_requests_total" in exprs
     assert "topk(10, sum by (session) (increase(ollama_proxy_tokens_total" in exprs
@@ -170,9 +171,9 @@ def test_route_changes_in_range_count_a_reason_born_inside_the_range(tmp_path):
             "interval": "1m",
             "input_series": [
                 # counted for an hour: two admin changes in the last 10 minutes
-                {"series": f'{name}{{route="chat",reason="admin"}}', "values": "0x50 1x4 2x4 3x10"},
+                {"series": f'{name}{{job="ollama-proxy",route="chat",reason="admin"}}', "values": "0x50 1x4 2x4 3x10"},
                 # born at 1 at minute 55 (first alert rollback), 2 at minute 58
-                {"series": f'{name}{{route="chat",reason="alert:OllamaCanaryErrorRateHigh"}}',
+                {"series": f'{name}{{job="ollama-proxy",route="chat",reason="alert:OllamaCanaryErrorRateHigh"}}',
                  "values": "_x55 1x2 2x10"},
             ],
             "promql_expr_test": [{"expr": "changes_in_range", "eval_time": "60m", "exp_samples": [
@@ -184,3 +185,20 @@ def test_route_changes_in_range_count_a_reason_born_inside_the_range(tmp_path):
     result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gpu_panels_say_there_is_no_gpu_rather_than_showing_zero():
+    """On a host without GPUs a GPU panel reads "no GPU", never a 0 °C or 0 W that looks
+    like a reading: no fallback series in its queries, a noValue text instead."""
+    import re
+
+    gpu_series = {spec.name for spec in em.ALL if spec.name.startswith("gpu_")}
+    gpu_panels = 0
+    for p in _panels(_by_uid(UIDS.gpus)):
+        exprs = [t["expr"] for t in p["targets"]]
+        if not any(name in e for e in exprs for name in gpu_series):
+            continue
+        gpu_panels += 1
+        assert "no GPU" in p["fieldConfig"]["defaults"].get("noValue", ""), p["title"]
+        assert not any(re.search(r"\bor\b|vector\(", e) for e in exprs), p["title"]
+    assert gpu_panels == 6

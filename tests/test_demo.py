@@ -1,4 +1,5 @@
-"""`make demo` tells the whole story, cleans up after itself, and works twice in a row."""
+"""`make demo` tells the whole story, cleans up after itself, and works twice in a row,
+as `ollama-sidecar demo` and as `python -m proxy.commands.demo`."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def nobody_listens(port: int) -> bool:
 
 
 def test_demo_rolls_back_and_cleans_up_twice_in_a_row():
-    for _ in range(2):
-        r = subprocess.run([sys.executable, "-m", "proxy.cli", "demo", "--no-monitoring", "--linger", "0",
+    # The second run through the demo module itself, which runs exactly `ollama-sidecar demo`.
+    for command in (["-m", "proxy.cli", "demo"], ["-m", "proxy.commands.demo"]):
+        r = subprocess.run([sys.executable, *command, "--no-monitoring", "--linger", "0",
                             "--fault-after", "3", "--timeout", "40"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -51,3 +53,13 @@ def test_killing_the_demo_outright_leaves_no_component_running():
     while not all(nobody_listens(p) for p in ports):
         assert time.monotonic() < deadline, "a component outlived the demo"
         time.sleep(0.2)
+
+
+def test_the_demo_module_takes_the_demo_options():
+    r = subprocess.run([sys.executable, "-m", "proxy.commands.demo", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: ollama-sidecar demo") and "--fault-after" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "proxy.commands.demo", "--no-such-option"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr  # argparse's answer, not a traceback

@@ -1,6 +1,7 @@
 """The exporter's /metrics as a user reads it: exact values and units, against a fake
-Ollama (pytest-httpserver, faithful to REFERENCE.md section 1) and a fake NVML (the real
-``pynvml`` functions replaced, see tests/fake_nvml.py)."""
+Ollama (pytest-httpserver, faithful to Ollama's docs/api.md for ``/api/tags``, ``/api/ps``
+and ``/api/version``) and a fake NVML (the real ``pynvml`` functions replaced, see
+exporter/fake_nvml.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from datetime import datetime, timezone
 
 import pytest
 import requests
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -24,7 +24,8 @@ from exporter.cache import SingleFlightCache
 from exporter.ollama_api import parse_rfc3339
 from exporter.ollama_fetch import without_credentials
 from tests.binaries import require_binary
-from tests.fake_nvml import GiB, FakeNvml, two_gpus
+from tests.conftest import FakeClock
+from exporter.fake_nvml import GiB, FakeNvml, two_gpus
 
 import pynvml
 
@@ -47,16 +48,6 @@ def series(text: str, name: str) -> list[dict[str, str]]:
     """Label sets of every sample called ``name``."""
     return [dict(labels) for (n, labels) in samples(text) if n == name]
 
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # /api/ps's example expires_at is 2024-06-04T21:38:31.83753Z; "now" is five minutes before.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import requests
 import yaml
 from pytest_httpserver import HTTPServer
 
+from proxy.commands.children import free_port
+from proxy.monitoring import DEFAULT as MONITORING
 from tests.binaries import alertmanager_binary, require_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,8 @@ EXPECTED_TARGETS = {
     "prometheus": "localhost:9090",
     "alertmanager": "alertmanager:9093",
 }
-# No `dashboards` constant exists yet; the dashboards must use this literal.
+# Pinned here as a literal on purpose: the provisioned files and the monitoring config
+# (proxy/monitoring.py, which renders dashboards and rules) must both say it.
 DATASOURCE_UID = "ollama-sidecar-prometheus"
 ADMIN_TOKEN_FILE = "/run/secrets/admin_token"
 ROLLBACK_WEBHOOK = "http://proxy:11435/admin/alertmanager"
@@ -83,6 +85,14 @@ def test_each_job_has_one_static_config_with_its_compose_target() -> None:
         # One static_config per job: the demo and e2e tests rewrite targets by job name.
         assert len(job["static_configs"]) == 1, name
         assert job["static_configs"][0]["targets"] == [EXPECTED_TARGETS[name]], name
+
+
+def test_the_monitoring_config_names_the_jobs_and_datasource_provisioned_here() -> None:
+    """Dashboards and rules select on MonitoringConfig's job names and default to its
+    datasource uid: the shipped prometheus.yml and datasource must say the same."""
+    jobs = {job["job_name"] for job in load(PROMETHEUS_YML)["scrape_configs"]}
+    assert {MONITORING.proxy_job, MONITORING.exporter_job} <= jobs
+    assert MONITORING.datasource_uid == DATASOURCE_UID
 
 
 def test_rule_files_glob_is_relative_and_loads_both_generated_profiles() -> None:
@@ -160,12 +170,6 @@ def test_everything_else_goes_to_a_silent_default_receiver() -> None:
     config = load(ALERTMANAGER_YML)
     assert config["route"]["receiver"] == "default"
     assert receiver(config, "default") == {"name": "default"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests

@@ -12,7 +12,7 @@ import yaml
 
 from alerts.alerting import ROLLBACK_ALERTS, RUNBOOK_BASE
 from alerts.render import RULE_FILES
-from dashboards import uids
+from proxy.monitoring import DEFAULT
 from tests.binaries import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_every_alert_says_how_bad_what_and_where_to_look(profile):
         base, _, anchor = ann["runbook_url"].partition("#")
         assert base == RUNBOOK_BASE and anchor in anchors, f"{name}: no runbook section #{anchor}"
         m = re.fullmatch(r"/d/([\w-]+)(\?.*)?", ann["dashboard_url"])
-        assert m and m.group(1) in uids.ALL, f"{name}: {ann['dashboard_url']}"
+        assert m and m.group(1) in DEFAULT.dashboard_uids.all, f"{name}: {ann['dashboard_url']}"
 
 
 def _github_anchor(heading: str) -> str:

@@ -25,7 +25,6 @@ from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, 
 from proxy.commands.traffic import TrafficDriver
 
 
-
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--fault-after", type=float, default=10.0, help="seconds of healthy traffic before "
                         "the canary breaks (default 10)")
@@ -59,13 +58,22 @@ def _urls(stack: LocalStack) -> list[str]:
              f"  route status    OLLAMA_SIDECAR_URL={stack.url('proxy')} OLLAMA_SIDECAR_ADMIN_TOKEN_FILE="
              f"{stack.token_file} {command} status"]
     if stack.monitoring:
-        from alerts.recording import FAILED_RATIO
+        from proxy.monitoring import FAILED_RATIO
         expr = urllib.parse.quote(f'{FAILED_RATIO}{{route="{ROUTE}"}}')
         lines += [f"  canary vs stable failure ratio (Prometheus)  "
                   f"{stack.url('prometheus')}/graph?g0.expr={expr}&g0.tab=0&g0.range_input=5m",
                   f"  alerts (Prometheus)  {stack.url('prometheus')}/alerts",
                   f"  Alertmanager         {stack.url('alertmanager')}/#/alerts"]
     return lines
+
+
+def stack_options(workdir: Path, monitoring: bool, preferred_ports: bool = True) -> StackOptions:
+    """The demo's stack (also what the every-panel-has-data test starts): a 50/50 route, the
+    fast alert rules when Prometheus and Alertmanager are at hand (else the breaker acts),
+    reconcile as the webhook's fallback, and two simulated GPUs."""
+    breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
+    return StackOptions(workdir=workdir, canary_weight=50, breaker=breaker, monitoring=monitoring,
+                        reconcile_interval=15.0, preferred_ports=preferred_ports, fake_gpus=2)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -77,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, _interrupt)
     monitoring = monitoring_available() and not args.no_monitoring
     workdir = Path(tempfile.mkdtemp(prefix="ollama-sidecar-demo-"))
-    breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
-    options = StackOptions(workdir=workdir, canary_weight=50, breaker=breaker, monitoring=monitoring,
-                           reconcile_interval=15.0, preferred_ports=True)
+    options = stack_options(workdir, monitoring)
     _say("ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n")
     if not monitoring:
         _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else
@@ -89,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     stack = LocalStack(options)
     traffic: TrafficDriver | None = None
     try:
-        _say("  starting: simulator, proxy, exporter" + (", Alertmanager, Prometheus" if monitoring else "") + " …")
+        _say(f"  starting: simulator, proxy, exporter ({options.fake_gpus} simulated GPUs)"
+             + (", Alertmanager, Prometheus" if monitoring else "") + " …")
         stack.start()
         _say("  " + ", ".join(f"{name} {stack.url(name)}" for name in stack.processes))
         _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
@@ -160,5 +167,7 @@ def _print_report(stack: LocalStack) -> None:
     report.run(args)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run(argparse.Namespace()))
+if __name__ == "__main__":
+    # `python -m proxy.commands.demo [options]` is `ollama-sidecar demo [options]`.
+    from proxy.cli import main
+    sys.exit(main(["demo", *sys.argv[1:]]))

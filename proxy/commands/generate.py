@@ -1,7 +1,14 @@
-"""``ollama-sidecar generate``: write the rule files and dashboards JSON from code.
+"""``ollama-sidecar generate``: write the rule files, dashboards JSON and config schema from code.
 
 The generated files are committed; ``--check`` (and a test) fail when they drift from the
 code, so a reviewer never has to diff hand-edited YAML or JSON.
+
+Both are rendered from one monitoring config (:mod:`proxy.monitoring`): scrape job names,
+the datasource uid, dashboard uids, refresh and alert thresholds. ``--overrides FILE``
+renders them for another setup (a YAML mapping of the keys to change), typically with
+``--root`` pointing elsewhere than this checkout::
+
+    ollama-sidecar generate --overrides my-monitoring.yaml --root ./out
 """
 
 from __future__ import annotations
@@ -10,15 +17,37 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
 
-def generated_files() -> dict[str, str]:
-    """Every generated file: path relative to the repository root -> exact content."""
+from proxy.config import render_config_schema
+from proxy.monitoring import DEFAULT, MonitoringConfig, with_overrides
+
+
+CONFIG_SCHEMA = "docs/config.schema.json"
+
+
+def generated_files(config: MonitoringConfig = DEFAULT) -> dict[str, str]:
+    """Every generated file: path relative to the repository root -> exact content (the
+    config schema is the same whatever the monitoring config)."""
     # Imported here: grafanalib is only needed by this subcommand.
     from alerts.render import rendered_files as rule_files
     from dashboards.render import rendered_files as dashboard_files
 
-    files = {**rule_files(), **dashboard_files()}
+    files = {**rule_files(config), **dashboard_files(config), CONFIG_SCHEMA: render_config_schema()}
     return dict(sorted(files.items()))
+
+
+def load_overrides(path: Path) -> MonitoringConfig:
+    """The default monitoring config with ``path``'s YAML mapping applied; ValueError
+    (naming the file and the key) when it cannot be."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read overrides: {exc}") from None
+    try:
+        return with_overrides(data if data is not None else {})
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # Directories whose every file of a kind is generated: a file there that the code no longer
@@ -43,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="repository root to write into (default: this checkout, else the cwd)")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 and list the files that differ from the code")
+    parser.add_argument("--overrides", type=Path, default=None, metavar="FILE",
+                        help="YAML file of monitoring settings to change: proxy_job, exporter_job, "
+                             "datasource_uid, dashboard_uids, refresh, runbook_base, dashboard_profile, "
+                             "profiles.<production|fast>.<threshold> (default: none, which renders "
+                             "the committed provisioning/ files)")
 
 
 def drifted(root: Path, files: dict[str, str]) -> list[str]:
@@ -61,7 +95,14 @@ def drifted(root: Path, files: dict[str, str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     root: Path = args.root if args.root is not None else _default_root()
-    files = generated_files()
+    config = DEFAULT
+    if getattr(args, "overrides", None) is not None:
+        try:
+            config = load_overrides(args.overrides)
+        except ValueError as exc:
+            print(f"ollama-sidecar generate: {exc}", file=sys.stderr)
+            return 2
+    files = generated_files(config)
     if args.check:
         stale = drifted(root, files)
         for rel in stale:

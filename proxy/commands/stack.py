@@ -5,8 +5,10 @@ exactly what CI proves. Every component is a real process on a loopback port cho
 run time (the usual port when it is free, so the demo's URLs are the familiar ones).
 Prometheus and Alertmanager run with the configs the project ships
 (``provisioning/``), rendered for these ports, with the fast rule profile and a 1 s
-scrape and evaluation interval. Processes get their own process group and are stopped
-as a group, so nothing outlives the stack.
+scrape and evaluation interval. The exporter reads simulated GPUs (``--fake-gpus``), so
+the GPU panels have something to show on a machine without one. Every process is a
+:class:`~proxy.commands.children.Child`: its own process group, stopped as a group, and
+sent SIGTERM by the kernel if the stack's own process dies, so nothing outlives the stack.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,26 +26,14 @@ from typing import Any
 import requests
 import yaml
 
+from proxy.commands.children import Child, free_port
+from proxy.monitoring import DEFAULT as MONITORING
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = REPO_ROOT / "provisioning"
 STABLE_MODEL = "qwen3:8b"
 CANARY_MODEL = "qwen3:8b-ft"
 ROUTE = "chat"
-
-
-def _setpriv_with_pdeathsig() -> str | None:
-    """util-linux setpriv, if it knows --pdeathsig (2.33 and later)."""
-    path = shutil.which("setpriv")
-    if path is None:
-        return None
-    try:
-        ok = subprocess.run([path, "--pdeathsig", "TERM", "--", "true"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    return path if ok else None
-
-
-SETPRIV = _setpriv_with_pdeathsig()
 
 
 def find_alertmanager() -> str | None:
@@ -59,18 +46,6 @@ def monitoring_available() -> bool:
     return bool(shutil.which("prometheus") and find_alertmanager() and (PROVISIONING / "prometheus").is_dir())
 
 
-def pick_port(preferred: int | None = None) -> int:
-    """``preferred`` when it is free, else any free loopback port."""
-    for candidate in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free port")
-
-
 @dataclass
 class StackOptions:
     workdir: Path
@@ -81,55 +56,13 @@ class StackOptions:
     reconcile_interval: float | None = None  # set: the proxy polls Alertmanager's API
     reconcile_grace: float = 2.0  # how long reconcile leaves a new alert to its webhook
     preferred_ports: bool = False  # try 11434/11435/9101/9090/9093 first (the demo)
+    fake_gpus: int = 2  # simulated GPUs the exporter reads; 0: none (--no-nvml)
     profiles: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         STABLE_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 60, "output_tokens": 12,
                        "cold_load_seconds": 0.3, "keep_alive_seconds": -1},
         CANARY_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 70, "output_tokens": 12,
                        "cold_load_seconds": 0.3, "keep_alive_seconds": -1},
     })
-
-
-class Process:
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # Own session: Ctrl-C in the terminal reaches the demo, which stops children in order.
-        # Parent-death signal (util-linux setpriv): if the demo itself is killed outright,
-        # the kernel stops the children too, so no Prometheus outlives it on port 9090.
-        guard = [SETPRIV, "--pdeathsig", "TERM", "--"] if SETPRIV else []
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(guard + self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
-        log.close()
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class LocalStack:
@@ -140,7 +73,7 @@ class LocalStack:
         self.dir = options.workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         pref = options.preferred_ports
-        self.ports = {name: pick_port(default if pref else None) for name, default in
+        self.ports = {name: free_port(default if pref else None) for name, default in
                       (("simulator", 11434), ("proxy", 11435), ("exporter", 9101), ("prometheus", 9090),
                        ("alertmanager", 9093))}
         self.token = secrets.token_urlsafe(24)
@@ -148,7 +81,7 @@ class LocalStack:
         self.token_file.write_text(self.token + "\n")
         self.token_file.chmod(0o600)
         self.state_file = self.dir / "proxy-state.json"
-        self.processes: dict[str, Process] = {}
+        self.processes: dict[str, Child] = {}
         self.monitoring = options.monitoring and monitoring_available()
 
     # --- URLs --------------------------------------------------------------------------------
@@ -195,8 +128,9 @@ class LocalStack:
         shipped["rule_files"] = [str(rules / "*.yml")]
         shipped["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
             f"127.0.0.1:{self.ports['alertmanager']}"]
-        targets = {"ollama-proxy": "proxy", "ollama-exporter": "exporter", "prometheus": "prometheus",
-                   "alertmanager": "alertmanager"}
+        # The shipped jobs, named as the dashboards and rules select them.
+        targets = {MONITORING.proxy_job: "proxy", MONITORING.exporter_job: "exporter",
+                   "prometheus": "prometheus", "alertmanager": "alertmanager"}
         for job in shipped["scrape_configs"]:
             job["static_configs"][0]["targets"] = [f"127.0.0.1:{self.ports[targets[job['job_name']]]}"]
         return shipped
@@ -205,7 +139,7 @@ class LocalStack:
         shipped = yaml.safe_load((PROVISIONING / "alertmanager" / "alertmanager.yml").read_text())
         rollback_route = next(r for r in shipped["route"]["routes"] if r["receiver"] == "rollback")
         rollback_route.update({"group_wait": "1s", "group_interval": "2s"})
-        hook_port = self.ports["proxy"] if self.options.webhook_reachable else pick_port()
+        hook_port = self.ports["proxy"] if self.options.webhook_reachable else free_port()
         for receiver in shipped["receivers"]:
             for hook in receiver.get("webhook_configs", []):
                 hook["url"] = f"http://127.0.0.1:{hook_port}/admin/alertmanager"
@@ -219,8 +153,9 @@ class LocalStack:
                                             "--profiles", str(profiles), "--seed", "1"),
                     f"{self.url('simulator')}/api/version")
         self._start_proxy()
+        gpus = ["--fake-gpus", str(self.options.fake_gpus)] if self.options.fake_gpus else ["--no-nvml"]
         self._spawn("exporter", self._cli("exporter", "--listen", f"127.0.0.1:{self.ports['exporter']}",
-                                           "--ollama", self.url("simulator"), "--no-nvml"),
+                                           "--ollama", self.url("simulator"), *gpus),
                     f"{self.url('exporter')}/metrics")
         if self.monitoring:
             am_config = self._write_yaml("alertmanager.yml", self.alertmanager_config())
@@ -239,7 +174,10 @@ class LocalStack:
 
     def _start_proxy(self) -> None:
         config = self._write_yaml("proxy.yaml", self.proxy_config())
-        self._spawn("proxy", self._cli("proxy", "--config", str(config), "--log-level", "warning"),
+        # Flags, not only the file: they beat an OLLAMA_SIDECAR_LISTEN or _UPSTREAM exported
+        # in the shell that runs the demo.
+        self._spawn("proxy", self._cli("proxy", "--config", str(config), "--listen", f"127.0.0.1:{self.ports['proxy']}",
+                                       "--upstream", self.url("simulator"), "--log-level", "warning"),
                     f"{self.url('proxy')}/healthz")
 
     def restart_proxy(self) -> None:
@@ -248,7 +186,7 @@ class LocalStack:
 
     def _spawn(self, name: str, argv: list[str], ready_url: str, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = Process(name, argv, self.dir / f"{name}.log", env)
+        process = Child(name, argv, self.dir / f"{name}.log", env)
         self.processes[name] = process
         process.start()
         deadline = time.monotonic() + timeout

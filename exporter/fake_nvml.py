@@ -4,16 +4,20 @@ It behaves like the real bindings where the exporter can tell: errors are the re
 ``pynvml.NVMLError`` subclasses (built from their codes, as pynvml does), every device
 call before ``nvmlInit`` raises ``NVMLError_Uninitialized``, init and shutdown are
 reference counted, power/energy come in milli-units, utilisation in integer percent,
-strings as ``str`` and ``usedGpuMemory`` may be ``None``. Shared by the tests and
-``bench/bench_exporter.py``.
+strings as ``str`` and ``usedGpuMemory`` may be ``None``. Shared by the tests,
+``bench/bench_exporter.py`` and ``ollama-sidecar exporter --fake-gpus N`` (the demo stack's
+simulated GPUs, :func:`install_demo_gpus`). Nothing else imports it: the exporter reads
+real NVML unless that option is given.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import pynvml
 
@@ -200,3 +204,56 @@ def two_gpus() -> list[FakeGpu]:
                        FakeProcess(6000, None, "/usr/bin/Xorg")],
         ),
     ]
+
+
+# --- the demo's GPUs ---------------------------------------------------------------------------
+
+class _Module:
+    """A patcher that replaces attributes for the life of the process (no undo)."""
+
+    def setattr(self, target: Any, name: str, value: Any) -> None:
+        setattr(target, name, value)
+
+
+class LiveFakeNvml(FakeNvml):
+    """A fake whose utilisation, temperature and power drift with ``clock``, so the demo's
+    GPU graphs move; every reading stays below the GPU alerts' thresholds."""
+
+    def __init__(self, gpus: list[FakeGpu], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(gpus)
+        self._clock = clock
+        self._base = [(g.util_gpu, g.temperature, g.power_mw) for g in gpus]
+
+    def _drift(self, index: int) -> float:
+        """-1..1, a slow wave per GPU (one period every two minutes, GPUs out of phase)."""
+        return math.sin(self._clock() * 2 * math.pi / 120 + index)
+
+    def _gpu(self, handle: FakeHandle) -> FakeGpu:
+        gpu = super()._gpu(handle)
+        util, temperature, power = self._base[handle.index]
+        wave = self._drift(handle.index)
+        gpu.util_gpu = max(0, min(100, round(util + 25 * wave)))
+        gpu.temperature = round(temperature + 6 * wave)
+        if power is not None:
+            gpu.power_mw = round(power * (1 + 0.2 * wave))
+        return gpu
+
+
+def demo_gpus(count: int) -> list[FakeGpu]:
+    """``count`` GPUs in the style of :func:`two_gpus` (the first two are those), each with
+    an Ollama process holding memory; readings well below every GPU alert threshold."""
+    gpus = two_gpus()
+    for i in range(2, count):
+        gpus.append(FakeGpu(
+            uuid=f"GPU-{i:08x}-0000-4000-8000-{i:012x}", name="NVIDIA L4", memory_total=24 * GiB,
+            memory_used=6 * GiB, util_gpu=40, util_memory=15, temperature=55, power_mw=42_000,
+            power_limit_mw=72_000, energy_mj=500_000, processes=[FakeProcess(4300 + i, 5 * GiB)]))
+    return gpus[:count]
+
+
+def install_demo_gpus(count: int) -> LiveFakeNvml:
+    """Replace ``pynvml`` in this process with ``count`` simulated GPUs (the exporter's
+    ``--fake-gpus``). For demos and tests only: real GPUs are never read afterwards."""
+    if count < 1:
+        raise ValueError("fake GPUs: count must be at least 1")
+    return LiveFakeNvml(demo_gpus(count)).install(_Module())

@@ -1,0 +1,302 @@
+"""The one monitoring config that dashboards/ and alerts/ both read (the mixin ``_config``).
+
+Scrape job names (every query selects on them), the pinned Grafana datasource uid, the
+dashboard uids (alert annotations link to them), the dashboards' refresh, and every alert
+threshold, window and ``for:`` duration, as named profiles. The names of the recording
+rules live here too: alerts define them and the Rollout dashboard reads them.
+
+It sits at the top of ``proxy/`` beside :mod:`proxy.metrics` (the metric names both
+packages already import) so that ``dashboards/`` and ``alerts/`` never import each other,
+and it imports neither grafanalib nor YAML: ``ollama-sidecar generate --overrides FILE``
+parses the file and hands the mapping to :func:`with_overrides`.
+
+Two profiles share one set of rule names and expressions and differ only in numbers:
+
+* ``production`` (the default): windows long enough that a handful of slow or failed
+  requests on a busy route does not page anyone, and ``for:`` durations that ride out a
+  scrape hiccup.
+* ``fast``: the demo and the end-to-end test, where Prometheus scrapes and evaluates every
+  second and the whole loop fault -> alert -> Alertmanager -> rollback must fit in ~15 s.
+
+Recording rules are named without their window (``route_arm:ollama_proxy_requests:rate``,
+not ``…:rate5m``) so the dashboards work against either file; the window a profile uses is
+:attr:`Profile.window`, written in the header of each generated file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+# --- recording rules: names shared by alerts/ (which define them) and dashboards/ ------------
+
+# Per route and arm, every proxy replica together.
+REQUESTS_RATE = "route_arm:ollama_proxy_requests:rate"
+FAILED_RATE = "route_arm:ollama_proxy_requests_failed:rate"
+FAILED_RATIO = "route_arm:ollama_proxy_requests_failed_per_requests:ratio_rate"
+LATENCY_P95 = "route_arm:ollama_proxy_request_duration_seconds:p95"
+TTFT_P95 = "route_arm:ollama_proxy_time_to_first_token_seconds:p95"
+COMPLETION_TOKENS_RATE = "route_arm:ollama_proxy_completion_tokens:rate"
+# Per route, all arms together.
+ROUTE_REQUESTS_RATE = "route:ollama_proxy_requests:rate"
+ROUTE_FAILED_RATIO = "route:ollama_proxy_requests_failed_per_requests:ratio_rate"
+
+RECORDED_NAMES: tuple[str, ...] = (
+    REQUESTS_RATE, FAILED_RATE, FAILED_RATIO, ROUTE_REQUESTS_RATE, ROUTE_FAILED_RATIO,
+    LATENCY_P95, TTFT_P95, COMPLETION_TOKENS_RATE,
+)
+
+
+# --- thresholds ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """Every number an alert depends on. Durations are Prometheus duration strings."""
+
+    name: str
+    # Rule group evaluation interval; None leaves it to prometheus.yml's global setting.
+    interval: str | None
+    # Rate window of every recording rule (what the alerts and the Rollout dashboard see).
+    window: str
+
+    # Canary vs stable (drive the automatic rollback).
+    canary_min_rate: float  # req/s an arm needs before its ratio counts as evidence
+    canary_error_ratio: float  # the canary's server-side failure ratio must exceed this…
+    canary_error_margin: float  # …and stable's ratio by at least this much
+    canary_error_for: str
+    latency_factor: float  # canary p95 must exceed stable p95 × factor…
+    latency_margin_seconds: float  # …and stable p95 + margin (tiny latencies never fire)
+    latency_for: str
+
+    # Availability.
+    down_for: str
+
+    # Ollama and GPUs.
+    spill_for: str
+    gpu_memory_ratio: float
+    gpu_memory_for: str
+    gpu_temperature_celsius: float
+    gpu_hot_for: str
+
+    # Proxy health.
+    queue_length: float
+    overloaded_ratio: float  # share of requests rejected as overloaded (proxy or upstream)
+    overloaded_for: str
+    error_ratio: float  # route-wide server-side failure ratio (all arms)
+    min_rate: float  # req/s a route (or arm) needs before ratios and quantiles count
+    error_for: str
+    ttft_p95_seconds: float
+    ttft_for: str
+
+
+PRODUCTION = Profile(
+    name="production",
+    interval=None,
+    window="5m",
+    canary_min_rate=0.1,  # 30 requests in the 5 min window
+    canary_error_ratio=0.05,
+    canary_error_margin=0.02,
+    canary_error_for="2m",
+    latency_factor=1.5,
+    latency_margin_seconds=0.5,
+    latency_for="5m",
+    down_for="1m",
+    spill_for="5m",
+    gpu_memory_ratio=0.95,
+    gpu_memory_for="15m",
+    gpu_temperature_celsius=85,
+    gpu_hot_for="10m",
+    queue_length=5,
+    overloaded_ratio=0.01,
+    overloaded_for="5m",
+    error_ratio=0.1,
+    min_rate=0.1,
+    error_for="5m",
+    ttft_p95_seconds=10,
+    ttft_for="10m",
+)
+
+FAST = Profile(
+    name="fast",
+    interval="1s",
+    window="10s",
+    canary_min_rate=0.2,  # 2 requests in the 10 s window
+    canary_error_ratio=0.1,
+    canary_error_margin=0.05,
+    canary_error_for="2s",
+    latency_factor=1.5,
+    latency_margin_seconds=0.2,
+    latency_for="3s",
+    # Prometheus starts scraping up to 5 s after it starts (target updates are batched
+    # every 5 s), so absent(up{…}) holds that long on a fresh start: stay above it.
+    down_for="10s",
+    spill_for="3s",
+    gpu_memory_ratio=0.95,
+    gpu_memory_for="3s",
+    gpu_temperature_celsius=85,
+    gpu_hot_for="3s",
+    queue_length=5,
+    overloaded_ratio=0.01,
+    overloaded_for="3s",
+    error_ratio=0.2,
+    min_rate=0.2,
+    error_for="3s",
+    ttft_p95_seconds=2,
+    ttft_for="3s",
+)
+
+
+# --- the config ----------------------------------------------------------------------------
+
+_UID = re.compile(r"[A-Za-z0-9_-]{1,40}")  # Grafana's limit is 40 characters
+_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+
+
+@dataclass(frozen=True)
+class DashboardUids:
+    """Stable dashboard uids. Alert annotations link to these (``/d/<uid>``), so a uid
+    never changes once shipped (Grafana allows 40 characters)."""
+
+    overview: str = "ollama-sidecar-overview"
+    rollout: str = "ollama-sidecar-rollout"
+    gpus: str = "ollama-sidecar-gpus"
+    sessions: str = "ollama-sidecar-sessions"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """What dashboards and rules are rendered for. :data:`DEFAULT` renders the committed
+    ``provisioning/`` files; :func:`with_overrides` makes another for a user's setup."""
+
+    # Scrape job names, as in prometheus.yml. Every proxy and exporter series a dashboard
+    # or rule reads is selected on its job.
+    proxy_job: str = "ollama-proxy"
+    exporter_job: str = "ollama-exporter"
+    # The Grafana datasource uid the dashboards default to (pinned in the provisioned
+    # datasource: an unpinned one changes uid on every fresh Grafana volume).
+    datasource_uid: str = "ollama-sidecar-prometheus"
+    dashboard_uids: DashboardUids = field(default_factory=DashboardUids)
+    refresh: str = "30s"  # dashboards' auto-refresh
+    # Where every alert's runbook_url points (the anchor is the alert name in lower case).
+    runbook_base: str = "https://github.com/ollama-sidecar/ollama-sidecar/blob/main/docs/runbooks.md"
+    # Rule profiles by name; each becomes one rule file.
+    profiles: Mapping[str, Profile] = field(
+        default_factory=lambda: {p.name: p for p in (PRODUCTION, FAST)})
+    # The profile whose thresholds the dashboards draw as lines.
+    dashboard_profile: str = "production"
+
+    def __post_init__(self) -> None:
+        # A required selector fails loudly when missing: an empty job name would select
+        # every job's series (or none) without anyone noticing.
+        for name in ("proxy_job", "exporter_job", "datasource_uid", "refresh", "runbook_base"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"monitoring config: {name} must be a non-empty string")
+        if self.proxy_job == self.exporter_job:
+            raise ValueError("monitoring config: proxy_job and exporter_job must differ")
+        for name, uid in zip((f.name for f in fields(DashboardUids)), self.dashboard_uids.all):
+            if not _UID.fullmatch(uid):
+                raise ValueError(f"monitoring config: dashboard_uids.{name} must be 1-40 letters, "
+                                 f"digits, '-' or '_', got {uid!r}")
+        if self.dashboard_profile not in self.profiles:
+            raise ValueError(f"monitoring config: dashboard_profile {self.dashboard_profile!r} is not "
+                             f"one of {sorted(self.profiles)}")
+
+    @property
+    def proxy_selector(self) -> str:
+        """The matcher every proxy series is selected with."""
+        return f'job="{_escape(self.proxy_job)}"'
+
+    @property
+    def exporter_selector(self) -> str:
+        """The matcher every exporter series is selected with."""
+        return f'job="{_escape(self.exporter_job)}"'
+
+    @property
+    def thresholds(self) -> Profile:
+        """The profile the dashboards draw thresholds from."""
+        return self.profiles[self.dashboard_profile]
+
+
+DEFAULT = MonitoringConfig()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# --- overrides -----------------------------------------------------------------------------
+
+def with_overrides(overrides: Mapping[str, Any], base: MonitoringConfig = DEFAULT) -> MonitoringConfig:
+    """``base`` with the keys of ``overrides`` (a mapping as read from YAML) replaced.
+
+    Accepted keys: ``proxy_job``, ``exporter_job``, ``datasource_uid``, ``refresh``,
+    ``runbook_base``, ``dashboard_profile``, ``dashboard_uids`` (a mapping of overview,
+    rollout, gpus, sessions) and ``profiles`` (a mapping of profile name -> the
+    :class:`Profile` fields to change). Every error names its key.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ValueError("overrides: expected a mapping of keys to values")
+    simple = {"proxy_job", "exporter_job", "datasource_uid", "refresh", "runbook_base", "dashboard_profile"}
+    known = simple | {"dashboard_uids", "profiles"}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"overrides: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        if key in simple:
+            changes[key] = _string(value, key)
+        elif key == "dashboard_uids":
+            changes[key] = _replace(base.dashboard_uids, value, key, lambda v, where, _: _string(v, where))
+        else:
+            changes[key] = _profiles(base.profiles, value)
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("monitoring config:", "overrides:")) from None
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"overrides: {where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _profiles(base: Mapping[str, Profile], value: Any) -> dict[str, Profile]:
+    if not isinstance(value, Mapping):
+        raise ValueError("overrides: profiles must be a mapping of profile name to fields")
+    out = dict(base)
+    for name, changes in value.items():
+        if name not in base:
+            raise ValueError(f"overrides: profiles.{name}: no such profile (known: {', '.join(sorted(base))})")
+        out[name] = _replace(base[name], changes, f"profiles.{name}", _profile_field)
+    return out
+
+
+def _profile_field(value: Any, where: str, current: Any) -> Any:
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"overrides: {where} must be a number >= 0, got {value!r}")
+        return float(value)
+    if value is None and where.endswith(".interval"):
+        return None  # leave the evaluation interval to prometheus.yml
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
+        raise ValueError(f"overrides: {where} must be a Prometheus duration such as 30s or 5m, got {value!r}")
+    return value
+
+
+def _replace(obj: Any, changes: Any, where: str, convert) -> Any:
+    if not isinstance(changes, Mapping):
+        raise ValueError(f"overrides: {where} must be a mapping")
+    names = {f.name for f in fields(obj)} - {"name"}
+    out = {}
+    for key, value in changes.items():
+        if key not in names:
+            raise ValueError(f"overrides: unknown key {where}.{key} (known: {', '.join(sorted(names))})")
+        out[key] = convert(value, f"{where}.{key}", getattr(obj, key))
+    return dataclasses.replace(obj, **out)
