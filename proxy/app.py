@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -20,12 +22,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from proxy.common.bearer import token_matches
+from proxy.common.jsonutil import parse_json
+from proxy.common.listen import parse_listen
 from proxy.config import ProxyConfig
 from proxy.control.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, make_auth_middleware
 from proxy.control.alertmanager import Reconciler
 from proxy.control.breaker import Breakers
 from proxy.control.plane import ControlPlane
 from proxy.control.reload import ConfigReloader
+from proxy.control.state import persisted_key
 from proxy.control.routing import RouteTable
 from proxy.dataplane.admission import AdmissionControl
 from proxy.dataplane.forward import Forwarder
@@ -65,7 +71,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     """Assemble the proxy. ``overrides`` are the CLI flags, re-applied on every reload."""
     metrics = metrics or ProxyMetrics()
     install_malformed_request_filter()
-    recorder = Recorder(metrics, config)
+    recorder = Recorder(metrics, config, session_key=session_label_key(config))
     routes = RouteTable(config)
     control = ControlPlane(config, routes, metrics)
     breakers = Breakers(routes, metrics, trip=lambda route: control.rollback(route, "breaker"))
@@ -86,7 +92,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
     # client_max_size bounds bodies we read ourselves; passthrough bodies stream untouched.
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[make_auth_middleware(precheck=make_request_guard(forwarder))])
+                          middlewares=[make_auth_middleware(precheck=make_front_guard(forwarder))])
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
     app[DRAIN] = Drain()
@@ -116,11 +122,63 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/metrics", make_metrics_handler(metrics.registry))
+    app.router.add_post("/admin/session-label", session_label_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
+
+
+def on_listener(request: web.Request, listen: str) -> bool:
+    """Whether ``request`` arrived on the listener bound to ``listen`` (by its port)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return bool(sockname) and sockname[1] == parse_listen(listen)[1]
+
+
+def make_front_guard(forwarder: Forwarder) -> Callable[[web.Request], web.StreamResponse | None]:
+    """What every request passes first: the request guard, and on a separate metrics
+    listener nothing but /metrics (it is meant for Prometheus's network only)."""
+    request_guard = make_request_guard(forwarder)
+
+    def front_guard(request: web.Request) -> web.StreamResponse | None:
+        listen = forwarder.config.metrics_listen
+        if listen and request.path != "/metrics" and on_listener(request, listen):
+            return web.json_response({"error": "this listener (metrics.listen) serves /metrics only"}, status=404)
+        return request_guard(request)
+
+    return front_guard
+
+
+async def session_label_handler(request: web.Request) -> web.Response:
+    """``POST /admin/session-label {"session": ID}``: the label this proxy gives the id, so
+    on-call can find a known user's series when labels are hashed. The id travels in the
+    body, never in a URL that access logs keep."""
+    try:
+        body = parse_json(await request.read())
+    except ValueError as exc:
+        return web.json_response({"error": f"body is not valid JSON: {exc}"}, status=400)
+    session = body.get("session") if isinstance(body, dict) else None
+    if not isinstance(session, str) or not session:
+        return web.json_response({"error": "send {\"session\": \"<id>\"}"}, status=400)
+    recorder = request.app[FORWARDER].recorder
+    return web.json_response({"label": recorder.label_of(session[:256]),
+                              "hashed": recorder.session_key is not None})
+
+
+def session_label_key(config: ProxyConfig) -> bytes | None:
+    """The key of hashed session labels: configured, else kept beside the state file, else
+    made for this process only (labels then change at each restart: said once)."""
+    if config.session_label == "raw":
+        return None
+    if config.session_key:
+        return config.session_key.encode("utf-8", "surrogateescape")
+    if config.state_file:
+        path = Path(config.state_file)
+        return persisted_key(path.with_name(path.name + ".session-key"))
+    log.warning("session labels are hashed with a key made for this process: they change at every restart "
+                "and differ between replicas; set session_key_file (or OLLAMA_SIDECAR_SESSION_KEY) or state_file")
+    return os.urandom(32)
 
 
 def make_metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -132,6 +190,14 @@ def make_metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request],
     cleaned = make_aiohttp_handler(CleanedRegistry(registry))  # type: ignore[arg-type]
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        config = request.app[FORWARDER].config
+        if config.metrics_listen and not on_listener(request, config.metrics_listen):
+            return web.json_response({"error": f"/metrics is served on {config.metrics_listen} (metrics.listen)"},
+                                     status=404)
+        if config.metrics_token and not token_matches(request.headers.get("Authorization"),
+                                                      (config.metrics_token.encode(),)):
+            return web.json_response({"error": "missing or wrong metrics token: send 'Authorization: Bearer "
+                                      "<token>' (metrics.token_file)"}, status=401)
         try:
             return await plain(request)
         except UnicodeError:

@@ -40,6 +40,8 @@ __all__ = ["ADMIN_TOKEN_ENV", "DEFAULT_LISTEN", "DEFAULT_SESSION_SOURCES", "Admi
 DEFAULT_LISTEN = "127.0.0.1:11435"
 DEFAULT_SESSION_SOURCES = ("header:X-Session-ID", "header:X-User-ID", "body:user")
 ADMIN_TOKEN_ENV = "OLLAMA_SIDECAR_ADMIN_TOKEN"
+SESSION_KEY_ENV = "OLLAMA_SIDECAR_SESSION_KEY"
+METRICS_TOKEN_ENV = "OLLAMA_SIDECAR_METRICS_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class ProxyConfig:
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
     session_label_cap: int = 200
     session_label_ttl: float = 900.0
+    session_label: str = "hash"  # hash: a keyed hash of the id; raw: the id itself
+    session_key: str | None = field(default=None, repr=False)  # None: persisted beside state_file
     model_label_cap: int = 100
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_body_bytes: int = 32 * 1024 * 1024
@@ -102,6 +106,8 @@ class ProxyConfig:
     reconcile_grace: float = 10.0  # leave an alert this long to its webhook before acting on it
     reload_interval: float = 2.0
     access_log: bool = True
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_listen: str | None = None  # /metrics on its own address (and only there)
     config_path: str | None = None
 
     def upstream_for(self, model: str) -> str:
@@ -163,6 +169,14 @@ ADMIN = Section("admin", f"The admin API (/admin/). {ADMIN_TOKEN_ENV}, when set,
             env=f"{ADMIN_TOKEN_ENV}_FILE"),
 ))
 
+METRICS = Section("metrics", "Who may read /metrics, which carries model names and session labels. "
+                  f"{METRICS_TOKEN_ENV}, when set, is the token and outranks any token file.", (
+    Setting("token_file", "string", "File holding a token that scrapers must send (Authorization: Bearer); "
+            "re-read on reload.", nullable=True, env=f"{METRICS_TOKEN_ENV}_FILE"),
+    Setting("listen", "listen", "HOST:PORT where /metrics is served instead of the main listener (e.g. an "
+            "address only Prometheus reaches). Takes effect at the next restart.", nullable=True),
+))
+
 AUTH = Section("auth", "API keys clients must send (Authorization: Bearer); checked and not passed on to Ollama.", (
     Setting("api_keys", "strings", "Accepted keys."),
     Setting("api_keys_file", "string", "File of accepted keys, one a line (# starts a comment).", nullable=True),
@@ -186,6 +200,12 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
             minimum=0),
     Setting("session_label_ttl", "number", "Seconds after which an unused session label value and its series "
             "are removed.", minimum=1),
+    Setting("session_label", "choice", "What a session's label value is: `hash`, a short keyed hash of the "
+            "session id (the default: /metrics never shows user ids; `ollama-sidecar session-label ID` turns a "
+            "known id into its label), or `raw`, the id itself.", choices=("hash", "raw")),
+    Setting("session_key_file", "string", "File holding the key of session label hashes, so labels stay the "
+            "same across restarts and replicas. Without one, a key is created beside state_file (else per "
+            f"process). {SESSION_KEY_ENV}, when set, is the key.", nullable=True, env=f"{SESSION_KEY_ENV}_FILE"),
     Setting("model_label_cap", "integer", "Most models asked for by name that get their own label value; "
             "beyond, `other`.", minimum=0),
     Setting("timeouts", "section", "", section=TIMEOUTS),
@@ -198,6 +218,7 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
     Setting("admission", "section", "", section=ADMISSION),
     Setting("admin", "section", "", section=ADMIN),
     Setting("auth", "section", "", section=AUTH),
+    Setting("metrics", "section", "", section=METRICS),
     Setting("alertmanager_url", "base_url", "Alertmanager to reconcile with: its active rollback alerts are "
             "read every reconcile_interval.", nullable=True),
     Setting("reconcile_interval", "number", "Seconds between two reads of Alertmanager's active alerts.",
@@ -220,7 +241,9 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
     check_keys(flags, ROOT.names, "")
     inputs = Inputs(os.environ if environ is None else environ, flags)
     top = ROOT.read(data, "", inputs)
-    plain = {s.name: top[s.name] for s in ROOT.settings if s.kind not in ("section", "map") and s.name in top}
+    plain = {s.name: top[s.name] for s in ROOT.settings
+             if s.kind not in ("section", "map") and s.name in top and s.name != "session_key_file"}
+    metrics = METRICS.read(top.get("metrics"), "metrics", inputs)
     config = ProxyConfig(
         **plain,
         model_upstreams=_parse_models(top.get("models"), inputs),
@@ -230,6 +253,9 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
         admission=Admission(**ADMISSION.read(top.get("admission"), "admission", inputs)),
         admin_token=_parse_admin(top.get("admin"), inputs),
         api_keys=_parse_auth(top.get("auth"), inputs),
+        session_key=_secret(inputs, SESSION_KEY_ENV, top.get("session_key_file"), "session_key_file"),
+        metrics_token=_secret(inputs, METRICS_TOKEN_ENV, metrics.get("token_file"), "metrics.token_file"),
+        metrics_listen=metrics.get("listen"),
         config_path=config_path,
     )
     _refuse_self_loops(config, inputs.origins)
@@ -266,6 +292,15 @@ def _parse_admin(value: Any, inputs: Inputs) -> str | None:
     if token is None and admin.get("token_file"):
         token = _read_secret_file(admin["token_file"], "admin.token_file")
     return token
+
+
+def _secret(inputs: Inputs, env: str, path: str | None, key: str) -> str | None:
+    """A secret: the environment variable ``env`` itself, else the content of the file at
+    ``path`` (whose own precedence the section already resolved)."""
+    value = inputs.environ.get(env) or None
+    if value is None and path:
+        value = _read_secret_file(path, key)
+    return value
 
 
 def _parse_auth(value: Any, inputs: Inputs) -> frozenset[str]:

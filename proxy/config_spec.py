@@ -99,6 +99,12 @@ def _session_sources(value: Any, key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _strings(value: Any, key: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, "must be a list of strings")
@@ -122,6 +128,7 @@ _KINDS: dict[str, tuple[Callable[[Setting, Any, str], Any], Callable[[Setting], 
                 lambda s: _bounds({"type": "integer"}, s)),
     "boolean": (lambda s, v, k: _bool(v, k), lambda s: {"type": "boolean"}),
     "string": (lambda s, v, k: _string(v, k), lambda s: {"type": "string", "pattern": _TEXT}),
+    "choice": (lambda s, v, k: _choice(v, k, s.choices), lambda s: {"type": "string", "enum": list(s.choices)}),
     "base_url": (lambda s, v, k: _string(v, k).rstrip("/"), lambda s: {"type": "string", "pattern": _TEXT}),
     "listen": (lambda s, v, k: _listen(v, k), lambda s: {"type": "string", "pattern": _LISTEN}),
     "ollama_url": (lambda s, v, k: _url(v, k), lambda s: {"type": "string", "pattern": _OLLAMA_URL}),
@@ -164,6 +171,7 @@ class Setting:
     required: str | None = None  # why the key is required, when it is
     default: Any = _UNSET  # for the schema; else the default of the section's dataclass field
     section: Section | None = None  # kind "section": its keys; kind "map": each entry's keys
+    choices: tuple[str, ...] = ()  # kind "choice": the accepted words
 
     def check(self, value: Any, key: str) -> Any:
         return _KINDS[self.kind][0](self, value, key)

@@ -14,7 +14,7 @@ import requests
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import METRICS, build_app
+from proxy.app import FORWARDER, METRICS, build_app
 from proxy.commands.children import free_port  # noqa: F401  (tests import it from here)
 from proxy.config import ProxyConfig, parse_config
 from proxy.commands.server import new_event_loop
@@ -57,6 +57,10 @@ class RunningProxy:
     @property
     def metrics(self):
         return self.app[METRICS]
+
+    def session_label(self, session: str) -> str:
+        """The label value this proxy gives a session id (a keyed hash by default)."""
+        return self.app[FORWARDER].recorder.label_of(session)
 
     def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Samples from /metrics as {(name, sorted labels): value}."""

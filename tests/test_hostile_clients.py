@@ -146,7 +146,7 @@ HEADER_CASES = {
 @pytest.mark.parametrize("header", ["X-Session-ID", "X-User-ID"])
 def test_session_header_bytes_become_a_printable_utf8_label(ollama, header, case):
     raw, label = HEADER_CASES[case]
-    with proxy(ollama) as p:
+    with proxy(ollama, session_label="raw") as p:  # the id itself as label: cleaned
         status, _, body = post_raw(p.url, "/api/chat", json.dumps(chat_body("/api/chat")).encode(), {header: raw})
         assert status == 200 and json.loads(body)["message"]["content"] == "ok"
         assert_metrics_parse(p.url)  # 200 and parseable, right after the request
@@ -176,12 +176,23 @@ def test_body_user_becomes_a_printable_utf8_label(ollama, path, case):
     user, label = BODY_USER_CASES[case]
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "stream": false, "user": %s}'
             % (MODEL, user)).encode()
-    with proxy(ollama) as p:
+    with proxy(ollama, session_label="raw") as p:  # the id itself as label: cleaned
         status, _, reply = post_raw(p.url, path, body)
         assert status == 200, reply[:300]
         assert_metrics_parse(p.url)
         assert label_values(p, "ollama_proxy_requests_total", "session", endpoint=path) == {label}
         assert label_values(p, "ollama_proxy_tokens_total", "session", endpoint=path) == {label}
+        assert_still_healthy(p.url)
+
+
+@pytest.mark.parametrize("case", list(HEADER_CASES))
+def test_by_default_any_session_id_becomes_a_short_hex_label(ollama, case):
+    raw, _ = HEADER_CASES[case]
+    with proxy(ollama) as p:
+        status, _, _ = post_raw(p.url, "/api/chat", json.dumps(chat_body("/api/chat")).encode(), {"X-Session-ID": raw})
+        assert status == 200
+        (label,) = label_values(p, "ollama_proxy_requests_total", "session", endpoint="/api/chat")
+        assert re.fullmatch(r"[0-9a-f]{12}", label), label
         assert_still_healthy(p.url)
 
 
@@ -202,7 +213,7 @@ def test_sticky_routing_uses_the_raw_session_value_not_its_label(ollama):
     # keeps its own arm, so with a 50 % canary some pair must split.
     routes = {"chat": {"stable": "qwen3:8b", "canary": "qwen3:8b-ft", "canary_weight": 50}}
     body = json.dumps(chat_body("/api/chat", model="chat")).encode()
-    with proxy(ollama, routes=routes) as p:
+    with proxy(ollama, routes=routes, session_label="raw") as p:
         arms: dict[bytes, str] = {}
         for i in range(16):
             for raw in (b"k%d\xe9" % i, b"k%d\xff" % i):

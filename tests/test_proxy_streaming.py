@@ -29,10 +29,11 @@ def test_native_chat_stream_is_relayed_byte_for_byte_and_counted(httpserver, pro
         assert r.status_code == 200
         assert r.content == body
         assert r.headers["Content-Type"] == "application/x-ndjson"
-        assert p.value("ollama_proxy_requests_total", endpoint="/api/chat", model=f"{MODEL}:latest", session="alice",
+        alice = p.session_label("alice")
+        assert p.value("ollama_proxy_requests_total", endpoint="/api/chat", model=f"{MODEL}:latest", session=alice,
                        error_type="none", arm="direct", route="none") == 1
-        assert p.value("ollama_proxy_tokens_total", kind="prompt", session="alice") == 169
-        assert p.value("ollama_proxy_tokens_total", kind="completion", session="alice") == 15
+        assert p.value("ollama_proxy_tokens_total", kind="prompt", session=alice) == 169
+        assert p.value("ollama_proxy_tokens_total", kind="completion", session=alice) == 15
         assert p.value("ollama_proxy_time_to_first_token_seconds_count", endpoint="/api/chat") == 1
         # eval_duration / eval_count from the final object
         assert p.value("ollama_proxy_time_per_output_token_seconds_sum") == pytest.approx(115959084e-9 / 15)
@@ -297,12 +298,13 @@ def test_access_log_has_one_json_line_per_request_and_no_prompt_or_session_id(ht
     with caplog.at_level("INFO", logger="ollama_sidecar.access"), proxy_for(access_log=True) as p:
         requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": secret_prompt}]},
                       headers={"X-Session-ID": "alice@example.com"})
+        alice = p.session_label("alice@example.com")
     lines = [r.getMessage() for r in caplog.records if r.name == "ollama_sidecar.access"]
     assert len(lines) == 1
     entry = json.loads(lines[0])
     assert entry["endpoint"] == "/api/chat" and entry["status"] == 200 and entry["error_type"] == "none"
     assert entry["completion_tokens"] == 15 and entry["ttft"] is not None
-    assert entry["session"] == session_hash("alice@example.com")
+    assert entry["session"] == alice  # the hashed label, so a log line and its series correlate
     assert secret_prompt not in lines[0] and "alice" not in lines[0] and "hunter2" not in caplog.text
 
 
@@ -346,3 +348,15 @@ def test_a_bug_mid_stream_ends_the_stream_in_protocol_instead_of_a_second_respon
         assert r.status_code == 200 and b"HTTP/1.1" not in r.content
         assert "internal error" in json.loads(r.content.splitlines()[-1])["error"]
         assert p.value("ollama_proxy_requests_total", error_type="internal") == 1
+
+
+def test_with_raw_session_labels_the_access_log_still_hides_the_id(httpserver, proxy_for, caplog):
+    httpserver.expect_request("/api/chat").respond_with_handler(
+        lambda r: stream_response([ndjson(chat_chunks(MODEL, ["a"]))]))
+    with caplog.at_level("INFO", logger="ollama_sidecar.access"), \
+            proxy_for(access_log=True, session_label="raw") as p:
+        requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []},
+                      headers={"X-Session-ID": "alice@example.com"})
+        assert p.value("ollama_proxy_requests_total", session="alice@example.com") == 1  # as configured
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "ollama_sidecar.access"]
+    assert json.loads(line)["session"] == session_hash("alice@example.com") and "alice" not in line

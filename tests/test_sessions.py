@@ -63,7 +63,7 @@ def test_many_sessions_through_the_proxy_leave_at_most_cap_plus_two_values(https
             http.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []})  # no session
         sessions = {dict(labels)["session"] for (name, labels) in p.scrape()
                     if name == "ollama_proxy_requests_total"}
-        assert sessions == {"s0", "s1", "s2", "s3", "s4", "other", "none"}
+        assert sessions == {*(p.session_label(f"s{i}") for i in range(5)), "other", "none"}
         assert p.value("ollama_proxy_requests_total", session="other") == 25
         assert p.value("ollama_proxy_session_labels") == 5
 
@@ -73,11 +73,12 @@ def test_evicted_session_series_disappear_from_metrics(httpserver, proxy_for):
         lambda r: stream_response([ndjson(chat_chunks(MODEL, ["a"]))]))
     with proxy_for(session_label_ttl=1) as p:
         requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []}, headers={"X-Session-ID": "gone"})
-        assert p.value("ollama_proxy_tokens_total", session="gone") > 0
+        gone = p.session_label("gone")
+        assert p.value("ollama_proxy_tokens_total", session=gone) > 0
         recorder = p.app[FORWARDER].recorder
         recorder.sessions.sweep(recorder.sessions._clock() + 5)
         scraped = p.scrape()
-        assert not [k for k in scraped if dict(k[1]).get("session") == "gone"]
+        assert not [k for k in scraped if dict(k[1]).get("session") == gone]
         assert p.value("ollama_proxy_session_labels_evicted_total") == 1
 
 
@@ -101,3 +102,31 @@ def test_the_recorder_re_admits_a_session_at_the_end_of_a_request():
     sessions = {s.labels["session"] for f in recorder.metrics.registry.collect()
                 if f.name == "ollama_proxy_requests" for s in f.samples}
     assert sessions == {"other"}  # not "long-stream": the cap holds
+
+
+def test_hashed_session_labels_survive_a_restart_through_the_key_beside_the_state_file(httpserver, tmp_path):
+    from tests.conftest import running_proxy
+    httpserver.expect_request("/api/chat").respond_with_handler(
+        lambda r: stream_response([ndjson(chat_chunks(MODEL, ["a"]))]))
+    settings = {"upstream": httpserver.url_for("/").rstrip("/"), "access_log": False,
+                "state_file": str(tmp_path / "state.json")}
+    labels = []
+    for _ in range(2):  # a restart: same key, same label, so the user's series continue
+        with running_proxy(settings) as p:
+            requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []}, headers={"X-User-ID": "u-42"})
+            (label,) = {dict(k[1])["session"] for k in p.scrape() if k[0] == "ollama_proxy_requests_total"}
+            labels.append(label)
+    assert labels[0] == labels[1] and "u-42" not in labels[0]
+    key_file = tmp_path / "state.json.session-key"
+    assert key_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_a_configured_session_key_gives_every_replica_the_same_labels(httpserver, tmp_path):
+    from tests.conftest import running_proxy
+    key = tmp_path / "session.key"
+    key.write_text("k" * 40)
+    settings = {"upstream": "http://127.0.0.1:9", "access_log": False, "session_key_file": str(key)}
+    with running_proxy(settings) as a, running_proxy(settings) as b:
+        assert a.session_label("u-42") == b.session_label("u-42") != a.session_label("u-43")
+    with running_proxy(settings, environ={"OLLAMA_SIDECAR_SESSION_KEY": "another key"}) as c:
+        assert c.session_label("u-42") != a.session_label("u-42")  # the environment outranks the file

@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the proxy's JSON answer")
     if command == "route":
         parser.add_argument("action", choices=["set"])
-    if command != "status":
+    if command == "session-label":
+        parser.add_argument("session", help="a session or user id as clients send it (X-Session-ID, "
+                            "X-User-ID or the OpenAI user field)")
+    elif command != "status":
         parser.add_argument("route", help="route alias, e.g. chat")
     if command == "route":
         parser.add_argument("--stable", help="model for the stable arm")
@@ -117,6 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     command = args.command
     if command == "status":
         code, doc = _call(args, "GET", "/admin/routes")
+    elif command == "session-label":
+        code, doc = _call(args, "POST", "/admin/session-label", {"session": args.session})
+        if code == EXIT_OK and not args.json:
+            print(doc["label"])
+            return EXIT_OK
     elif command == "route":
         body: dict[str, Any] = {}
         if args.stable:

@@ -113,8 +113,13 @@ async def serve(app: web.Application, host: str, port: int, grace: float) -> int
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     config = app[FORWARDER].config
-    log.info("proxy listening on http://%s:%d, forwarding to %s (metrics at /metrics)",
-             host, port, config.upstream)
+    metrics_at = f"http://{host}:{port}/metrics"
+    if config.metrics_listen:
+        metrics_host, metrics_port = parse_listen(config.metrics_listen)
+        await web.TCPSite(runner, metrics_host, metrics_port).start()
+        metrics_at = f"http://{metrics_host}:{metrics_port}/metrics only"
+    log.info("proxy listening on http://%s:%d, forwarding to %s (metrics at %s%s)", host, port,
+             config.upstream, metrics_at, ", token required" if config.metrics_token else "")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,7 @@ loaded, since one proxy owns its state file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,3 +97,30 @@ class StateFile:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def persisted_key(path: Path) -> bytes:
+    """A random 32-byte key kept in ``path`` (created once, readable by its owner only), so
+    hashed session labels stay the same across restarts."""
+    try:
+        key = path.read_bytes().strip()
+        if len(key) >= 32:
+            return key
+        log.warning("session key file %s is too short; writing a new key (session labels change)", path)
+    except FileNotFoundError:
+        pass
+    key = os.urandom(32).hex().encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return key

@@ -21,7 +21,7 @@ from proxy import __version__
 from proxy.config import ProxyConfig
 from proxy.dataplane.label_values import clean_label
 from proxy.dataplane.observe import ENDPOINTS, ReplyStats
-from proxy.dataplane.sessions import SessionLabels, session_hash
+from proxy.dataplane.sessions import SessionLabels, keyed_session_label, session_hash
 from proxy.metrics import (NO_MODEL, NO_ROUTE, NO_SESSION, OVERFLOW, UNCONFIRMED_MODEL, Arm, ErrorType, ProxyMetrics,
                            remove_series)
 
@@ -55,8 +55,11 @@ class RequestRecord:
 
 class Recorder:
     def __init__(self, metrics: ProxyMetrics, config: ProxyConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, session_key: bytes | None = None) -> None:
         self.metrics = metrics
+        # With a key, a session's label is a keyed hash of its id (the default): /metrics
+        # may be read by more people than the user ids in it should be.
+        self.session_key = session_key
         self.sessions = SessionLabels(config.session_label_cap, config.session_label_ttl, self._evict, clock)
         # Models asked for directly, by name: a client could invent any number of them.
         self.model_label_cap = config.model_label_cap
@@ -68,8 +71,17 @@ class Recorder:
         metrics.build_info.labels(__version__).set(1)
 
     # --- label values --------------------------------------------------------------------------
+    def label_of(self, session: str) -> str:
+        """The label value a session id gets (before the cap)."""
+        return keyed_session_label(session, self.session_key) if self.session_key else clean_label(session)
+
     def session_label(self, raw: str | None) -> str:
-        label = self.sessions.label(None if raw is None else clean_label(raw))
+        label = self.sessions.label(None if raw is None else self.label_of(raw))
+        self.metrics.session_labels.set(len(self.sessions))
+        return label
+
+    def _readmit(self, label: str) -> str:
+        label = self.sessions.label(label)
         self.metrics.session_labels.set(len(self.sessions))
         return label
 
@@ -112,7 +124,7 @@ class Recorder:
         if session not in (NO_SESSION, OVERFLOW):
             # Re-admit: a request can outlive its session's TTL, and a series recreated for
             # an evicted value would escape the cap.
-            session = rec.session = self.session_label(session)
+            session = rec.session = self._readmit(session)
         base = (rec.endpoint, rec.route, rec.arm, rec.model)
         labels = (*base, session, rec.error_type)
         self._request_series[session].add(labels)
@@ -150,14 +162,15 @@ class Recorder:
         elif n and n > 1 and stats.first_content_at is not None and stats.last_content_at is not None:
             m.tpot.labels(*base).observe((stats.last_content_at - stats.first_content_at) / (n - 1))
 
-    @staticmethod
-    def _log(rec: RequestRecord) -> None:
+    def _log(self, rec: RequestRecord) -> None:
         """One JSON line per instrumented request: label values and numbers, never a prompt
-        and never a session id in clear."""
+        and never a session id in clear (a hashed label is logged as is, so a log line and
+        its series correlate)."""
         stats = rec.stats or ReplyStats()
+        in_clear = self.session_key is None and rec.session not in (NO_SESSION, OVERFLOW)
         access_log.info(json.dumps({
             "endpoint": rec.endpoint, "route": rec.route, "arm": rec.arm, "model": rec.model,
-            "session": session_hash(rec.session) if rec.session not in (NO_SESSION, OVERFLOW) else rec.session,
+            "session": session_hash(rec.session) if in_clear else rec.session,
             "status": rec.status or 499, "error_type": rec.error_type, "duration": round(rec.duration, 6),
             "ttft": round(stats.first_content_at - rec.start, 6) if stats.first_content_at else None,
             "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,

@@ -22,6 +22,12 @@ def session_hash(value: str) -> str:
     return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
 
 
+def keyed_session_label(session: str, key: bytes) -> str:
+    """The label value of a session id under ``key``: 12 hex digits, the same on every
+    replica and after restarts that share the key, and no way back to the id without it."""
+    return hashlib.blake2b(session.encode("utf-8", "surrogatepass"), key=key[:64], digest_size=6).hexdigest()
+
+
 def extract_session(sources: Iterable[str], headers: Mapping[str, str], body: object) -> str | None:
     """The first non-empty value among ``header:NAME`` / ``body:FIELD`` sources."""
     for source in sources:
