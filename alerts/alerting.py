@@ -52,6 +52,7 @@ class Alert:
     dashboard_vars: tuple[str, ...] = ()  # alert labels passed on as Grafana variables
     labels: dict[str, str] = field(default_factory=dict)
     runbook_base: str = RUNBOOK_BASE
+    keep_firing_for: str = "0s"
 
     def runbook_url(self) -> str:
         return f"{self.runbook_base}#{self.name.lower()}"
@@ -64,6 +65,8 @@ class Alert:
         rule: dict = {"alert": self.name, "expr": self.expr}
         if self.for_ != "0s":
             rule["for"] = self.for_
+        if self.keep_firing_for != "0s":
+            rule["keep_firing_for"] = self.keep_firing_for
         rule["labels"] = {"severity": self.severity, **self.labels}
         rule["annotations"] = {
             "summary": self.summary,
@@ -99,7 +102,7 @@ def _canary_error_rate_high(p: Profile, u: DashboardUids) -> Alert:
         f"requests over {p.window} (server-side errors; threshold {_pct(p.canary_error_ratio)} and "
         f"{_pct(p.canary_error_margin)} above stable). The proxy rolls the route back to stable "
         "when Alertmanager delivers this alert.",
-        u.rollout, ("route",), {"action": "rollback"},
+        u.rollout, ("route",), {"action": "rollback"}, keep_firing_for=p.rollback_keep_firing_for,
     )
 
 
@@ -121,7 +124,7 @@ def _canary_latency_regression(p: Profile, u: DashboardUids) -> Alert:
         f"{{{{ $value | humanizeDuration }}}} over {p.window}, more than {p.latency_factor:g}x "
         f"stable's and {p.latency_margin_seconds:g}s above it. The proxy rolls the route back "
         "to stable when Alertmanager delivers this alert.",
-        u.rollout, ("route",), {"action": "rollback"},
+        u.rollout, ("route",), {"action": "rollback"}, keep_firing_for=p.rollback_keep_firing_for,
     )
 
 

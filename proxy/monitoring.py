@@ -69,6 +69,9 @@ class Profile:
     latency_factor: float  # canary p95 must exceed stable p95 × factor…
     latency_margin_seconds: float  # …and stable p95 + margin (tiny latencies never fire)
     latency_for: str
+    # A rolled-back canary gets no traffic, so its alert would resolve by itself; it keeps
+    # firing this long after its condition last held, so silence is never read as health.
+    rollback_keep_firing_for: str
 
     # Availability.
     down_for: str
@@ -102,6 +105,7 @@ PRODUCTION = Profile(
     latency_factor=1.5,
     latency_margin_seconds=0.5,
     latency_for="5m",
+    rollback_keep_firing_for="30m",
     down_for="1m",
     spill_for="5m",
     gpu_memory_ratio=0.95,
@@ -129,6 +133,7 @@ FAST = Profile(
     latency_factor=1.5,
     latency_margin_seconds=0.2,
     latency_for="3s",
+    rollback_keep_firing_for="30s",
     # Prometheus starts scraping up to 5 s after it starts (target updates are batched
     # every 5 s), so absent(up{…}) holds that long on a fresh start: stay above it.
     down_for="10s",
