@@ -68,6 +68,10 @@ class BreakerConfig:
     min_requests: int = 20
     failure_ratio: float = 0.2
     stable_margin: float | None = None  # trip only if canary > stable + margin (when set)
+    # The sequential test (proxy.control.decisions.CanarySPRT) that must say "worse" first.
+    rate_ratio: float = 3.0  # the least effect worth a rollback: canary failing RR x stable
+    alpha: float = 0.01  # false trips: at most alpha over a canary's life, without floor
+    floor: float | None = -4.6  # CUSUM floor of the log-likelihood ratio; null: pure SPRT
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,9 @@ class ProxyConfig:
 
 # --- every key of the file, declared once (defaults come from the dataclasses above) ----------
 
-BREAKER = Section("breaker", "The route's own circuit breaker: rolls the route back when the canary's "
-                  "server-side failure ratio over the window is too high, without Prometheus.", (
+BREAKER = Section("breaker", "The route's own circuit breaker: rolls the route back, without Prometheus, "
+                  "when a sequential test on the stream of failures says the canary fails more than stable "
+                  "and its failure ratio over the window is too high.", (
     Setting("enabled", "boolean", "Whether the breaker acts; true as soon as any breaker setting is given.",
             default=True),
     Setting("window", "number", "Seconds of requests the failure ratio is computed over.", minimum=1),
@@ -127,6 +132,13 @@ BREAKER = Section("breaker", "The route's own circuit breaker: rolls the route b
             minimum=0, maximum=1),
     Setting("stable_margin", "number", "When set, trip only if the canary's ratio also exceeds stable's "
             "by more than this.", minimum=0, maximum=1, nullable=True),
+    Setting("rate_ratio", "number", "The least effect worth a rollback: the sequential test looks for a "
+            "canary failing this many times as often as stable.", minimum=1.01),
+    Setting("alpha", "number", "The sequential test's false-alarm level (with no floor, the chance a healthy "
+            "canary is ever tripped).", minimum=1e-9, maximum=0.5),
+    Setting("floor", "number", "Lowest value of the test's log-likelihood ratio, so a long healthy history "
+            "cannot hide a canary that breaks later (a CUSUM); null for Wald's plain test.", maximum=0,
+            nullable=True),
 ), model=BreakerConfig)
 
 ROUTE = Section("route", "A route alias: clients ask for it by name (\"model\": \"chat\") and each session "

@@ -148,6 +148,12 @@ BREAKER_CANARY_FAILURE_RATIO = MetricSpec(
     "Server-side failure ratio of the canary arm over the breaker window (0-1).",
     ("route",),
 )
+BREAKER_LOG_LIKELIHOOD_RATIO = MetricSpec(
+    "ollama_proxy_breaker_log_likelihood_ratio", "gauge",
+    "The breaker's sequential test: log-likelihood ratio of 'canary fails rate_ratio x stable' against "
+    "'equal'; it trips at log(1/alpha) (with the window's limits met).",
+    ("route",),
+)
 ALERTMANAGER_NOTIFICATIONS = MetricSpec(
     "ollama_proxy_alertmanager_notifications_total", "counter",
     "Alerts received on the Alertmanager webhook, by outcome "
@@ -176,7 +182,7 @@ ALL: tuple[MetricSpec, ...] = (
     IN_FLIGHT, QUEUE_LENGTH, SESSION_LABELS, SESSION_LABELS_EVICTED, UNPARSED_LINES,
     BUILD_INFO,
     ROUTE_INFO, ROUTE_CANARY_WEIGHT, ROUTE_ROLLED_BACK, ROUTE_CHANGES,
-    BREAKER_CANARY_FAILURE_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
+    BREAKER_CANARY_FAILURE_RATIO, BREAKER_LOG_LIKELIHOOD_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
     CONFIG_RELOADS, STATE_ERRORS,
 )
 
@@ -264,6 +270,7 @@ class ProxyMetrics:
         self.route_rolled_back = m(ROUTE_ROLLED_BACK)
         self.route_changes = m(ROUTE_CHANGES)
         self.breaker_canary_failure_ratio = m(BREAKER_CANARY_FAILURE_RATIO)
+        self.breaker_log_likelihood_ratio = m(BREAKER_LOG_LIKELIHOOD_RATIO)
         self.alertmanager_notifications = m(ALERTMANAGER_NOTIFICATIONS)
         self.alertmanager_reconciles = m(ALERTMANAGER_RECONCILES)
         self.config_reloads = m(CONFIG_RELOADS)

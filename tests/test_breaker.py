@@ -52,14 +52,41 @@ class Setup:
                                                       {"route": "chat"})
 
 
-def test_trips_when_min_requests_is_reached_and_the_canary_fails_enough():
+def fail_canary_beside_healthy_stable(s: Setup, n: int) -> None:
+    for _ in range(n):
+        s.send(STABLE, "none")
+        s.send(CANARY, "upstream_5xx")
+
+
+def test_trips_when_the_sequential_test_and_the_window_agree():
     s = Setup()
-    s.send(CANARY, "upstream_5xx", 9)
+    fail_canary_beside_healthy_stable(s, 9)
     assert s.tripped == []  # nine failures are too few to conclude anything
-    s.send(CANARY, "upstream_5xx")
+    test = s.breakers.live("chat")["sequential_test"]
+    assert 0 < test["llr"] < test["threshold"] and test["canary_failures"] == 9
+    fail_canary_beside_healthy_stable(s, 6)
     assert s.tripped == ["chat"] and s.rolled_back
     assert s.routes.routes["chat"].reason == "breaker"
     assert s.ratio_gauge() == 1
+    # At a 50 % split each canary failure beside a healthy stable adds about log(1.5) (rate
+    # ratio 3; a little more as the canary's share of recent requests settles): log(1/0.01)
+    # = 4.6 is crossed at the 11th.
+    assert s.metrics.registry.get_sample_value("ollama_proxy_breaker_log_likelihood_ratio",
+                                               {"route": "chat"}) >= 4.6
+
+
+def test_failures_of_the_canary_alone_with_no_stable_to_compare_do_not_trip_it_quickly():
+    s = Setup()
+    s.send(CANARY, "upstream_5xx", 10)  # the old rule tripped here; whose failure it is says little
+    assert s.tripped == []
+
+
+def test_a_routed_arms_404_counts_against_it():
+    s = Setup()
+    for _ in range(15):
+        s.send(STABLE, "none")
+        s.send(CANARY, "model_not_found")  # the canary's model is missing: every user of it fails
+    assert s.tripped == ["chat"]
 
 
 def test_a_canary_failing_less_than_the_ratio_is_left_alone():
@@ -71,7 +98,7 @@ def test_a_canary_failing_less_than_the_ratio_is_left_alone():
     assert s.tripped == [] and s.ratio_gauge() == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("error_type", ["bad_request", "client_disconnect", "model_not_found", "unauthorized"])
+@pytest.mark.parametrize("error_type", ["bad_request", "client_disconnect", "unauthorized"])
 def test_client_side_outcomes_count_neither_for_nor_against_the_canary(error_type):
     s = Setup()
     s.send(CANARY, error_type, 50)
@@ -113,11 +140,13 @@ def test_a_rolled_back_route_is_not_tripped_again():
 
 def test_after_resume_the_failures_that_tripped_it_do_not_count_again():
     s = Setup()
-    s.send(CANARY, "upstream_5xx", 10)
+    fail_canary_beside_healthy_stable(s, 15)
+    assert s.tripped == ["chat"]
+    s.send(CANARY, "upstream_5xx", 20)  # stragglers that finish after the rollback: no evidence
     s.control.resume("chat")
-    s.send(CANARY, "upstream_5xx", 9)
+    fail_canary_beside_healthy_stable(s, 9)
     assert s.tripped == ["chat"]  # judged afresh: nine are too few
-    s.send(CANARY, "upstream_5xx")
+    fail_canary_beside_healthy_stable(s, 6)
     assert s.tripped == ["chat", "chat"]
 
 
@@ -146,3 +175,14 @@ def test_requests_for_a_model_by_name_are_not_tracked():
     s = Setup()
     s.send(Decision("none", "direct", "llama3.2", "http://ollama:11434"), "upstream_5xx", 50)
     assert s.breakers.windows == {} and s.tripped == []
+
+
+def test_a_rollback_by_alert_then_resume_starts_the_sequential_test_afresh():
+    s = Setup()
+    fail_canary_beside_healthy_stable(s, 10)  # just short of the threshold
+    assert s.tripped == []
+    s.control.rollback("chat", "alert:OllamaCanaryErrorRateHigh")
+    s.control.resume("chat")
+    fail_canary_beside_healthy_stable(s, 9)
+    assert s.tripped == []  # the evidence from before the rollback is gone
+    assert s.breakers.live("chat")["sequential_test"]["canary_failures"] == 9

@@ -228,7 +228,7 @@ def test_breaker_trips_on_a_failing_canary(admin_proxy, httpserver):
 
 
 def test_breaker_needs_min_requests_and_ignores_client_errors(admin_proxy, httpserver):
-    _split_upstream(httpserver, 404)  # canary model missing: model_not_found, a client-side matter
+    _split_upstream(httpserver, 400)  # the canary refuses the requests: a client-side matter
     breaker = {"window": 60, "min_requests": 10, "failure_ratio": 0.5}
     with admin_proxy(routes={"chat": dict(ROUTE, breaker=breaker)}) as p:
         _drive(p, 40)
@@ -238,6 +238,14 @@ def test_breaker_needs_min_requests_and_ignores_client_errors(admin_proxy, https
     with admin_proxy(routes={"chat": dict(ROUTE, breaker=dict(breaker, min_requests=1000))}) as p:
         _drive(p, 40)  # ~20 failing canary requests: too few to conclude anything
         assert route(p)["rolled_back"] is False
+
+
+def test_a_routed_canary_whose_model_is_missing_trips_the_breaker(admin_proxy, httpserver):
+    _split_upstream(httpserver, 404)  # every user of the canary arm fails: that is the canary's failure
+    breaker = {"window": 60, "min_requests": 10, "failure_ratio": 0.5}
+    with admin_proxy(routes={"chat": dict(ROUTE, breaker=breaker)}) as p:
+        _drive(p, 60)
+        assert route(p)["rolled_back"] is True and route(p)["reason"] == "breaker"
 
 
 def test_breaker_with_stable_margin_does_not_trip_when_both_arms_fail(admin_proxy, httpserver):

@@ -16,14 +16,14 @@ import time
 from collections import deque
 from typing import Callable
 
-from proxy.control.routing import Decision, RouteTable
+from proxy.control.decisions import CanarySPRT, RecentRequests
+from proxy.control.routing import Decision, RouteState, RouteTable
 from proxy.metrics import SERVER_SIDE_ERRORS, Arm, ErrorType, ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.breaker")
 
 # Outcomes that say nothing about the model's health: left out of both counts.
-NOT_COUNTED = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.MODEL_NOT_FOUND,
-                         ErrorType.UNAUTHORIZED})
+NOT_COUNTED = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED})
 LIVE_WINDOW = 60.0
 
 
@@ -55,7 +55,15 @@ class ArmWindow:
 
 
 class Breakers:
-    """Receives every routed outcome; trips a route's breaker through ``trip(route)``."""
+    """Receives every routed outcome; trips a route's breaker through ``trip(route)``.
+
+    A trip needs two things: the sequential test (:class:`CanarySPRT` on the stream of
+    failures, with each failure scored by the canary's share of recent requests) says
+    "worse", and the canary's own numbers over the window pass the absolute limits
+    (``min_requests``, ``failure_ratio``, ``stable_margin``). The test alone would roll
+    back a canary at 0.3 % next to a stable at 0.1 %; the limits alone are what falsely
+    tripped healthy canaries at low traffic (a 20 % ratio over 20 requests happens by
+    chance at 5 % failures)."""
 
     def __init__(self, routes: RouteTable, metrics: ProxyMetrics, trip: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -64,27 +72,50 @@ class Breakers:
         self.trip = trip
         self.clock = clock
         self.windows: dict[tuple[str, str], ArmWindow] = {}
+        self.tests: dict[str, CanarySPRT] = {}
+
+    def _test(self, route: str, state: RouteState) -> CanarySPRT:
+        cfg = state.breaker
+        test = self.tests.get(route)
+        if test is None or (test.rate_ratio, test.alpha, test.floor) != (cfg.rate_ratio, cfg.alpha, cfg.floor):
+            test = self.tests[route] = CanarySPRT(cfg.rate_ratio, cfg.alpha, floor=cfg.floor,
+                                                  exposure=RecentRequests(prior_share=state.effective_weight / 100))
+        if test.reset_if_changed((state.canary, state.effective_weight, state.since)):
+            # A new canary or weight, or a rollback and resume in between (every change to a
+            # route is a new `since`): the evidence starts over, the exposure prior with it.
+            test.exposure.restart(state.effective_weight / 100)  # type: ignore[union-attr]
+        return test
 
     def observe(self, decision: Decision, error_type: ErrorType) -> None:
         if error_type in NOT_COUNTED or decision.arm == Arm.DIRECT:
             return
+        state = self.routes.routes.get(decision.route)
+        if state is not None and state.rolled_back:
+            # Stragglers that started before the rollback are no evidence for after a resume,
+            # which starts the test afresh.
+            self.tests.pop(decision.route, None)
+            if decision.arm == Arm.CANARY:
+                return
         now = self.clock()
         key = (decision.route, decision.arm)
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = ArmWindow()
-        window.add(now, error_type in SERVER_SIDE_ERRORS)
-        state = self.routes.routes.get(decision.route)
-        if state is None:
+        failed = is_failure(error_type)
+        window.add(now, failed)
+        if state is None or state.rolled_back:
             return
         cfg = state.breaker
         window.trim(now - self.horizon(decision.route))
-        if not cfg.enabled or decision.arm != Arm.CANARY or state.rolled_back:
+        test = self._test(decision.route, state)
+        test.observe(decision.arm == Arm.CANARY, failed)
+        self.metrics.breaker_log_likelihood_ratio.labels(decision.route).set(test.llr)
+        if not cfg.enabled or decision.arm != Arm.CANARY:
             return
-        n, failed = window.counts()
-        ratio = failed / n if n else 0.0
+        n, failures = window.counts()
+        ratio = failures / n if n else 0.0
         self.metrics.breaker_canary_failure_ratio.labels(decision.route).set(ratio)
-        if n < cfg.min_requests or ratio < cfg.failure_ratio:
+        if not test.worse or n < cfg.min_requests or ratio < cfg.failure_ratio:
             return
         if cfg.stable_margin is not None:
             stable = self.windows.get((decision.route, Arm.STABLE))
@@ -94,8 +125,10 @@ class Breakers:
             stable_ratio = s_failed / s_n if s_n else 0.0
             if ratio <= stable_ratio + cfg.stable_margin:
                 return  # the canary is no worse than stable: the upstream is sick, not the model
-        log.warning("breaker tripped on route %s: canary failure ratio %.2f over %d requests in %gs",
-                    decision.route, ratio, n, cfg.window)
+        log.warning("breaker tripped on route %s: sequential test says worse (log-likelihood ratio %.2f >= %.2f "
+                    "after %d canary and %d stable failures); canary failure ratio %.2f over %d requests in %gs",
+                    decision.route, test.llr, test.threshold, test.canary_failures, test.stable_failures,
+                    ratio, n, cfg.window)
         window.clear()
         self.trip(decision.route)
 
@@ -104,11 +137,12 @@ class Breakers:
         state = self.routes.routes.get(route)
         return state.breaker.window if state is not None and state.breaker.enabled else LIVE_WINDOW
 
-    def live(self, route: str) -> dict[str, dict[str, float | None]]:
-        """Request rate and server-side failure ratio per arm over the route's window."""
+    def live(self, route: str) -> dict[str, dict[str, float | int | str | None]]:
+        """Request rate and server-side failure ratio per arm over the route's window, and
+        the sequential test's state (``status`` shows both)."""
         now = self.clock()
         span = self.horizon(route)
-        out: dict[str, dict[str, float | None]] = {}
+        out: dict[str, dict[str, float | int | str | None]] = {}
         for arm in (Arm.STABLE, Arm.CANARY):
             window = self.windows.get((route, arm))
             if window:
@@ -116,4 +150,13 @@ class Breakers:
             n, failed = window.counts() if window else (0, 0)
             out[arm] = {"requests_per_second": n / span, "failure_ratio": failed / n if n else None,
                         "window_seconds": span}
+        test = self.tests.get(route)
+        if test is not None:
+            out["sequential_test"] = test.state()
         return out
+
+
+def is_failure(error_type: ErrorType) -> bool:
+    """What counts against an arm: server-side errors, and on a routed arm a 404 (the arm's
+    model is missing, so every user of that arm fails)."""
+    return error_type in SERVER_SIDE_ERRORS or error_type == ErrorType.MODEL_NOT_FOUND
