@@ -82,9 +82,16 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _fmt_test(test: dict[str, Any] | None) -> str:
+    """The breaker's sequential test: log-likelihood ratio against its threshold."""
+    if not test:
+        return "-"
+    return f"{test['llr']:.1f}/{test['threshold']:.1f}" + (" WORSE" if test["decision"] == "worse" else "")
+
+
 def format_status(doc: dict[str, Any]) -> str:
     header = ("ROUTE", "STABLE", "CANARY", "WEIGHT", "ROLLED BACK", "REASON", "SINCE",
-              "STABLE RPS", "STABLE ERR", "CANARY RPS", "CANARY ERR")
+              "STABLE RPS", "STABLE ERR", "CANARY RPS", "CANARY ERR", "CANARY TEST")
     rows = []
     for r in doc.get("routes", []):
         live = r.get("live", {})
@@ -98,6 +105,7 @@ def format_status(doc: dict[str, Any]) -> str:
             _fmt_ratio(live.get("stable", {}).get("failure_ratio")),
             f"{live.get('canary', {}).get('requests_per_second', 0):.2f}",
             _fmt_ratio(live.get("canary", {}).get("failure_ratio")),
+            _fmt_test(live.get("sequential_test")),
         ))
     if not rows:
         return "no routes configured (add 'routes:' to the proxy's config file)"
