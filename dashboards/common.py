@@ -7,21 +7,31 @@ renamed, and a team with several Prometheus servers can still switch. Every prox
 exporter series is selected on its scrape job (:class:`Selectors`), so dashboards rendered
 for other job names (``ollama-sidecar generate --overrides``) read only those jobs. Panels
 are laid out by :class:`Layout` (rows of panels on the 24-column grid).
+
+Variables. Each query variable lists the values of one label of one job: ``instance`` the
+proxy's instances, ``exporter`` the exporter's, ``route`` and ``model`` the proxy's (the
+exporter's models on the GPU dashboard). Every query that reads a variable's job filters on
+it; a panel that cannot (its series do not have the label) says so in its description,
+through :func:`unfiltered`, and tests/test_dashboards.py holds every dashboard to that.
+
+:mod:`dashboards.render` writes the JSON in the form the Grafana that compose pins writes.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from grafanalib import core as g
-from grafanalib._gen import DashboardEncoder
 
 from proxy import metrics as pm
 from proxy.monitoring import MonitoringConfig
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}  # the variable, defaulting to the pin
 RATE = "$__rate_interval"
+# Every panel keeps Grafana's default (about one point per pixel of its width): grafanalib's
+# 100 drew a week as one point every 100 minutes. None writes no maxDataPoints at all (the
+# renderer drops nulls); no panel needs another value.
+MAX_DATA_POINTS = None
 
 # What a GPU panel says where the exporter reads no GPU (CPU-only host, NVML off or down):
 # never a 0 °C or 0 W that looks like a reading.
@@ -37,7 +47,8 @@ class Selectors:
         self.proxy_instance = f'{self.proxy}, instance=~"$instance"'
         # Every per-request proxy query carries these so the variables filter it.
         self.proxy_filter = f'{self.proxy_instance}, route=~"$route", model=~"$model"'
-        self.exporter_instance = f'{self.exporter}, instance=~"$instance"'
+        # The exporter's own instances: never the proxy's $instance, a list of other addresses.
+        self.exporter_instance = f'{self.exporter}, instance=~"$exporter"'
 
 
 def thresholds(*steps: tuple[str, float | None]) -> list[dict]:
@@ -52,7 +63,6 @@ def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
            table: bool = False) -> g.Target:
     return g.Target(
         expr=expr, legendFormat=legend, refId=ref, datasource=DATASOURCE, instant=instant,
-        intervalFactor=1,
         format="table" if table else "time_series",
     )
 
@@ -68,7 +78,7 @@ def timeseries(title: str, queries, unit: str, *, description: str = "",
                stacked: bool = False, max_: int | None = None, no_value: str | None = None,
                mappings: list[dict] | None = None) -> g.TimeSeries:
     panel = g.TimeSeries(
-        title=title, description=description or None, dataSource=DATASOURCE,
+        title=title, description=description or None, dataSource=DATASOURCE, maxDataPoints=MAX_DATA_POINTS,
         targets=_targets(queries), unit=unit, thresholds=steps or GREEN_ONLY, mappings=mappings or [],
         thresholdsStyleMode="line" if threshold_lines else "off",
         stacking={"mode": "normal", "group": "A"} if stacked else {},
@@ -85,7 +95,7 @@ def stat(title: str, queries, unit: str, *, description: str = "",
          steps: list[dict] | None = None, mappings: list[dict] | None = None,
          graph: bool = False, no_value: str = "no data") -> g.Stat:
     return g.Stat(
-        title=title, description=description or None, dataSource=DATASOURCE,
+        title=title, description=description or None, dataSource=DATASOURCE, maxDataPoints=MAX_DATA_POINTS,
         targets=_targets(queries), format=unit, thresholds=steps or GREEN_ONLY,
         mappings=mappings or [], graphMode="area" if graph else "none",
         colorMode="background", reduceCalc="lastNotNull", noValue=no_value,
@@ -99,7 +109,7 @@ def gauge(title: str, queries, unit: str, steps: list[dict], *, min_: float = 0,
     if no_value:
         extra["fieldConfig"] = {"defaults": {"noValue": no_value}}
     return g.GaugePanel(
-        title=title, description=description or None, dataSource=DATASOURCE,
+        title=title, description=description or None, dataSource=DATASOURCE, maxDataPoints=MAX_DATA_POINTS,
         targets=_targets(queries), format=unit, thresholds=steps, min=min_, max=max_,
         calc="lastNotNull",
         # grafanalib puts these under fieldConfig; Grafana reads them from options.
@@ -123,8 +133,8 @@ def table(title: str, columns: list[tuple[str, str]], unit: str, *, description:
     transformations.append({"id": "organize", "options": {
         "excludeByName": {"Time": True, "__name__": True, "job": True}, "renameByName": rename}})
     return g.Table(
-        title=title, description=description or None, dataSource=DATASOURCE, targets=targets,
-        unit=unit, thresholds=GREEN_ONLY, transformations=transformations,
+        title=title, description=description or None, dataSource=DATASOURCE, maxDataPoints=MAX_DATA_POINTS,
+        targets=targets, unit=unit, thresholds=GREEN_ONLY, transformations=transformations,
         overrides=[override_unit(col, u) for col, u in sorted((units or {}).items())],
         sortBy=[g.TableSortByField(displayName=sort_by, desc=True)] if sort_by else [],
     )
@@ -147,7 +157,8 @@ def override_unit(field_name: str, unit: str) -> dict:
 
 # --- variables ------------------------------------------------------------------------
 
-def _query_var(name: str, label: str, query: str) -> g.Template:
+def query_variable(name: str, label: str, query: str) -> g.Template:
+    """A multi-value variable on "All" (``.*``), refreshed when the time range changes."""
     var = g.Template(
         name=name, label=label, dataSource=DATASOURCE, type="query",
         query=query, includeAll=True, multi=True, allValue=".*", refresh=2,
@@ -157,27 +168,44 @@ def _query_var(name: str, label: str, query: str) -> g.Template:
     return var
 
 
-def variables(config: MonitoringConfig, instance_query: str, route_query: str,
-              model_query: str) -> g.Templating:
-    """datasource, instance, route, model — in that order on every dashboard."""
+def variables(config: MonitoringConfig, *query_variables: g.Template) -> g.Templating:
+    """The datasource variable (defaulting to the pinned uid), then ``query_variables``."""
     ds = g.Template(name="datasource", label="Datasource", query="prometheus", type="datasource",
                     default=config.datasource_uid, regex=None)
-    return g.Templating(list=[
-        ds,
-        _query_var("instance", "Instance", instance_query),
-        _query_var("route", "Route", route_query),
-        _query_var("model", "Model", model_query),
-    ])
+    return g.Templating(list=[ds, *query_variables])
 
 
-def proxy_variables(config: MonitoringConfig) -> g.Templating:
+# Listed from `up`, not from build info: a target that is down keeps its place in the list.
+def proxy_instance_variable(config: MonitoringConfig) -> g.Template:
+    return query_variable("instance", "Proxy instance", f"label_values(up{{{config.proxy_selector}}}, instance)")
+
+
+def exporter_instance_variable(config: MonitoringConfig) -> g.Template:
+    return query_variable("exporter", "Exporter instance",
+                          f"label_values(up{{{config.exporter_selector}}}, instance)")
+
+
+def proxy_variables(config: MonitoringConfig) -> list[g.Template]:
+    """instance, route and model of the proxy's requests, each narrowed by the ones before."""
     s = Selectors(config)
-    return variables(
-        config,
-        instance_query=f"label_values({pm.BUILD_INFO.name}{{{s.proxy}}}, instance)",
-        route_query=f"label_values({pm.REQUESTS.name}{{{s.proxy_instance}}}, route)",
-        model_query=f'label_values({pm.REQUESTS.name}{{{s.proxy_instance}, route=~"$route"}}, model)',
-    )
+    return [
+        proxy_instance_variable(config),
+        query_variable("route", "Route", f"label_values({pm.REQUESTS.name}{{{s.proxy_instance}}}, route)"),
+        query_variable("model", "Model",
+                       f'label_values({pm.REQUESTS.name}{{{s.proxy_instance}, route=~"$route"}}, model)'),
+    ]
+
+
+UNFILTERED = "Not filtered by {labels}: {reason}"
+
+
+def unfiltered(panel, reason: str, *labels: str):
+    """Mark ``panel`` as shown under dashboard variables (by label, as the dashboard shows
+    them) that its series cannot honour, and say why where the reader sees it: at the end of
+    the panel's description. tests/test_dashboards.py reads this sentence back."""
+    note = UNFILTERED.format(labels=", ".join(labels), reason=reason)
+    panel.description = f"{panel.description} {note}" if panel.description else note
+    return panel
 
 
 # --- layout ---------------------------------------------------------------------------
@@ -207,15 +235,11 @@ def dashboard(config: MonitoringConfig, uid: str, title: str, description: str, 
     return g.Dashboard(
         uid=uid, title=title, description=description, tags=["ollama-sidecar"],
         panels=layout.panels, templating=templating, timezone="browser", refresh=config.refresh,
-        time=g.Time("now-1h", "now"), graphTooltip=1,
+        time=g.Time("now-1h", "now"),
+        # Shared crosshair: hovering one graph marks the same time on every other.
+        graphTooltip=1,
         annotations=g.Annotations(list=annotations or []),
     ).auto_panel_ids()
-
-
-def to_json(dash: g.Dashboard) -> str:
-    """Stable JSON: sorted keys, fixed indentation, trailing newline."""
-    return json.dumps(dash.to_json_data(), sort_keys=True, indent=2, cls=DashboardEncoder,
-                      ensure_ascii=False) + "\n"
 
 
 # --- PromQL snippets -------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Ollama and GPUs: which models are loaded, where their weights live, how the GPUs fare."""
+"""Ollama and GPUs: which models are loaded, where their weights live, how the GPUs fare.
+
+Variables: ``exporter`` (the exporter's instances: every panel but the two cold-load ones,
+which read the proxy) and ``model`` (the models the exporter lists: every per-model panel,
+the proxy's cold loads too). GPUs are shared by every loaded model, so the GPU panels say
+they are not filtered by model. The proxy's routes and instances are not shown here.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +16,37 @@ from proxy import metrics as pm
 from proxy.monitoring import DEFAULT, MonitoringConfig
 
 GPU_LEGEND = "GPU {{gpu}} ({{instance}})"
+PER_GPU = "NVML reports per GPU and process, and every loaded model shares the GPUs."
+PER_EXPORTER = "the exporter reads Ollama and NVML for every model at once."
+
+
+def gpu(panel):
+    """A GPU panel: shown under the model variable, which no GPU series can honour."""
+    return c.unfiltered(panel, PER_GPU, "Model")
 
 
 def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     s = c.Selectors(config)
     INST = s.exporter_instance
     MODEL = f'{INST}, model=~"$model"'
-    LOAD_FILTER = f'{s.proxy}, route=~"$route", model=~"$model"'
+    LOAD_FILTER = f'{s.proxy}, model=~"$model"'
     lay = c.Layout()
     lay.row(
         "Ollama",
-        (c.stat("Ollama up", (f"{em.OLLAMA_UP.name}{{{INST}}}", "{{instance}}"), "none",
-                steps=c.UP_STEPS, mappings=c.UP_DOWN), 6),
-        (c.stat("Models loaded", (f"sum({em.OLLAMA_MODELS_LOADED.name}{{{INST}}})", "loaded"), "short"), 6),
-        (c.stat("Models installed", (f"sum({em.OLLAMA_MODELS_INSTALLED.name}{{{INST}}})", "installed"),
+        (c.unfiltered(c.stat("Ollama up", (f"{em.OLLAMA_UP.name}{{{INST}}}", "{{instance}}"), "none",
+                             steps=c.UP_STEPS, mappings=c.UP_DOWN),
+                      PER_EXPORTER, "Model"), 6),
+        # The selected models; 0 (not "no data") while the exporter reports and none matches.
+        (c.stat("Models loaded", (f"count({em.OLLAMA_MODEL_LOADED.name}{{{MODEL}}})\n"
+                                  f"or 0 * sum({em.OLLAMA_MODELS_LOADED.name}{{{INST}}})", "loaded"), "short"), 6),
+        (c.stat("Models installed", (f"count({em.OLLAMA_MODEL_INFO.name}{{{MODEL}}})\n"
+                                     f"or 0 * sum({em.OLLAMA_MODELS_INSTALLED.name}{{{INST}}})", "installed"),
                 "short"), 6),
-        (c.stat("NVML up", (f"{em.NVML_UP.name}{{{INST}}}", "{{instance}}"), "none", steps=c.UP_STEPS,
-                mappings=c.UP_DOWN, no_value="NVML off",
-                description="0 on a CPU-only host, or when the driver is missing; no value when the "
-                            "exporter runs with --no-nvml."), 6),
+        (c.unfiltered(c.stat("NVML up", (f"{em.NVML_UP.name}{{{INST}}}", "{{instance}}"), "none", steps=c.UP_STEPS,
+                             mappings=c.UP_DOWN, no_value="NVML off",
+                             description="0 on a CPU-only host, or when the driver is missing; no value when "
+                                         "the exporter runs with --no-nvml."),
+                      PER_EXPORTER, "Model"), 6),
         height=4,
     )
     lay.row(
@@ -66,37 +84,36 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     limits = config.thresholds  # the alerts' thresholds, drawn where the alert looks
     lay.row(
         "GPUs",
-        (c.gauge("GPU memory used", (f"{used}{{{INST}}} / {total}{{{INST}}}", GPU_LEGEND), "percentunit",
-                 c.thresholds(("green", None), ("orange", round(limits.gpu_memory_ratio - 0.05, 4)),
-                              ("red", limits.gpu_memory_ratio)),
-                 no_value=c.NO_GPU), 6),
-        (c.timeseries("GPU memory used / total", [
+        (gpu(c.gauge("GPU memory used", (f"{used}{{{INST}}} / {total}{{{INST}}}", GPU_LEGEND), "percentunit",
+                     c.thresholds(("green", None), ("orange", round(limits.gpu_memory_ratio - 0.05, 4)),
+                                  ("red", limits.gpu_memory_ratio)),
+                     no_value=c.NO_GPU)), 6),
+        (gpu(c.timeseries("GPU memory used / total", [
             (f"{used}{{{INST}}}", "used " + GPU_LEGEND), (f"{total}{{{INST}}}", "total " + GPU_LEGEND),
-        ], "bytes", no_value=c.NO_GPU), 6),
-        (c.timeseries("GPU utilisation", (f"{em.GPU_UTILIZATION.name}{{{INST}}}", GPU_LEGEND),
-                      "percentunit", max_=1, no_value=c.NO_GPU), 6),
-        (c.timeseries("GPU power", [
+        ], "bytes", no_value=c.NO_GPU)), 6),
+        (gpu(c.timeseries("GPU utilisation", (f"{em.GPU_UTILIZATION.name}{{{INST}}}", GPU_LEGEND),
+                          "percentunit", max_=1, no_value=c.NO_GPU)), 6),
+        (gpu(c.timeseries("GPU power", [
             (f"{em.GPU_POWER.name}{{{INST}}}", "draw " + GPU_LEGEND),
             (f"{em.GPU_POWER_LIMIT.name}{{{INST}}}", "limit " + GPU_LEGEND),
         ], "watt", no_value=c.NO_GPU,
-            description="GPUs that do not report power (many consumer cards) have no line."), 6),
+            description="GPUs that do not report power (many consumer cards) have no line.")), 6),
     )
     lay.row(
         "GPU health",
-        (c.timeseries("GPU temperature", (f"{em.GPU_TEMPERATURE.name}{{{INST}}}", GPU_LEGEND), "celsius",
-                      steps=c.thresholds(("green", None), ("orange", limits.gpu_temperature_celsius - 5),
-                                         ("red", limits.gpu_temperature_celsius)),
-                      threshold_lines=True, no_value=c.NO_GPU), 12),
-        (c.timeseries("VRAM per process", (f"{em.GPU_PROCESS_MEMORY.name}{{{INST}}}",
-                                           "{{process}} ({{pid}}) on GPU {{gpu}}"), "bytes", no_value=c.NO_GPU), 12),
+        (gpu(c.timeseries("GPU temperature", (f"{em.GPU_TEMPERATURE.name}{{{INST}}}", GPU_LEGEND), "celsius",
+                          steps=c.thresholds(("green", None), ("orange", limits.gpu_temperature_celsius - 5),
+                                             ("red", limits.gpu_temperature_celsius)),
+                          threshold_lines=True, no_value=c.NO_GPU)), 12),
+        (gpu(c.timeseries("VRAM per process", (f"{em.GPU_PROCESS_MEMORY.name}{{{INST}}}",
+                                               "{{process}} ({{pid}}) on GPU {{gpu}}"), "bytes",
+                          no_value=c.NO_GPU)), 12),
     )
     return c.dashboard(
         config, config.dashboard_uids.gpus, "Ollama sidecar / Ollama and GPUs",
         "Loaded models, VRAM and spill to CPU, cold loads, and every GPU's memory, load, power and heat.",
         lay, c.variables(
-            config,
-            instance_query=f"label_values({em.EXPORTER_BUILD_INFO.name}{{{s.exporter}}}, instance)",
-            route_query=f"label_values({pm.REQUESTS.name}{{{s.proxy}}}, route)",
-            model_query=f"label_values({em.OLLAMA_MODEL_INFO.name}{{{INST}}}, model)",
+            config, c.exporter_instance_variable(config),
+            c.query_variable("model", "Model", f"label_values({em.OLLAMA_MODEL_INFO.name}{{{INST}}}, model)"),
         ),
     )

@@ -1,4 +1,11 @@
-"""Overview: is it up, how much traffic, how many failures, how slow, is a route rolled back."""
+"""Overview: is it up, how much traffic, how many failures, how slow, is a route rolled back.
+
+Two instance variables, because the proxy and the exporter are different targets with
+different addresses: ``instance`` (the proxy's) filters every proxy panel, ``exporter``
+filters "Exporter up" and "Ollama up". ``route`` and ``model`` filter every panel whose
+series carry them; the routing panels find a model through the route's arms
+(:func:`routes_serving`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,14 @@ NO_ERRORS = "no errors"
 
 ROLLED_BACK = c.value_mapping({"0": ("serving", "green"), "1": ("ROLLED BACK", "red")})
 FAILURE_STEPS = c.thresholds(("green", None), ("orange", 0.05), ("red", 0.1))
+PER_PROCESS = "one proxy process serves every route and model."
+
+
+def routes_serving(config: MonitoringConfig) -> str:
+    """The routes (of $route) one of whose arms serves a model of $model: the per-route
+    gauges have no model label, the route's info series names the model of each arm."""
+    info = f'{pm.ROUTE_INFO.name}{{{config.proxy_selector}, instance=~"$instance", route=~"$route"'
+    return f'({info}, stable=~"$model"}} or {info}, canary=~"$model"}})'
 
 
 def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
@@ -23,21 +38,25 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     lay = c.Layout()
     lay.row(
         "Is it up",
-        (c.stat("Proxy up", (f"up{{{s.proxy_instance}}}", "{{instance}}"),
-                "none", steps=c.UP_STEPS, mappings=c.UP_DOWN,
-                description="Prometheus's scrape of the proxy's /metrics."), 4),
-        (c.stat("Exporter up", (f"up{{{s.exporter}}}", "{{instance}}"), "none",
-                steps=c.UP_STEPS, mappings=c.UP_DOWN), 4),
-        (c.stat("Ollama up", (f"{em.OLLAMA_UP.name}{{{s.exporter}}}", "{{instance}}"), "none", steps=c.UP_STEPS,
-                mappings=c.UP_DOWN, description="The exporter's last call to Ollama's API."), 4),
+        (c.unfiltered(c.stat("Proxy up", (f"up{{{s.proxy_instance}}}", "{{instance}}"),
+                             "none", steps=c.UP_STEPS, mappings=c.UP_DOWN,
+                             description="Prometheus's scrape of the proxy's /metrics."),
+                      PER_PROCESS, "Route", "Model"), 4),
+        (c.stat("Exporter up", (f"up{{{s.exporter_instance}}}", "{{instance}}"), "none",
+                steps=c.UP_STEPS, mappings=c.UP_DOWN,
+                description="Prometheus's scrape of the exporter (Exporter instance)."), 4),
+        (c.stat("Ollama up", (f"{em.OLLAMA_UP.name}{{{s.exporter_instance}}}", "{{instance}}"), "none",
+                steps=c.UP_STEPS, mappings=c.UP_DOWN,
+                description="The exporter's last call to Ollama's API (Exporter instance)."), 4),
         (c.stat("Requests/s", (c.rate(REQ, F), "requests/s"), "reqps", graph=True), 4),
         (c.stat("Server-side failure ratio",
                 (c.ratio(c.rate(REQ, f"{F}, {c.SERVER_SIDE}"), c.rate(REQ, F)), "failures"),
                 "percentunit", steps=FAILURE_STEPS, graph=True,
                 description="upstream 5xx, timeouts, connection errors and cut streams over all requests."), 4),
-        (c.stat("Queued requests", (f"sum({pm.QUEUE_LENGTH.name}{{{s.proxy_instance}}})", "queued"),
-                "short", steps=c.thresholds(("green", None), ("orange", 1), ("red", 5)), graph=True,
-                description="Requests waiting for an admission slot (max_in_flight)."), 4),
+        (c.unfiltered(c.stat("Queued requests", (f"sum({pm.QUEUE_LENGTH.name}{{{s.proxy_instance}}})", "queued"),
+                             "short", steps=c.thresholds(("green", None), ("orange", 1), ("red", 5)), graph=True,
+                             description="Requests waiting for an admission slot (max_in_flight)."),
+                      "requests wait for admission before a route or model is chosen.", "Route", "Model"), 4),
         height=4,
     )
     lay.row(
@@ -68,22 +87,25 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     )
     lay.row(
         "Capacity and routing",
-        (c.timeseries("In flight and queued", [
+        (c.unfiltered(c.timeseries("In flight and queued", [
             (f"sum by (route, arm) ({pm.IN_FLIGHT.name}{{{F}}})", "in flight {{route}} {{arm}}"),
             (f"sum({pm.QUEUE_LENGTH.name}{{{s.proxy_instance}}})", "queued"),
-        ], "short"), 8),
+        ], "short", description="Requests being forwarded upstream right now, and waiting for a slot."),
+            "the queued line: requests wait for admission before a route or model is chosen.", "Route", "Model"), 8),
         (c.stat("Canary weight per route",
-                (f'max by (route) ({pm.ROUTE_CANARY_WEIGHT.name}{{{s.proxy_instance}, route=~"$route"}})',
-                 "{{route}}"), "percent",
-                description="Share of sessions sent to the canary arm (0 after a rollback)."), 8),
+                (f'max by (route) ({pm.ROUTE_CANARY_WEIGHT.name}{{{s.proxy_instance}, route=~"$route"}})\n'
+                 f"and on (route) {routes_serving(config)}", "{{route}}"), "percent",
+                description="Share of sessions sent to the canary arm (0 after a rollback), for the "
+                            "routes one of whose arms serves the selected models."), 8),
         (c.stat("Rolled back per route",
-                (f'max by (route) ({pm.ROUTE_ROLLED_BACK.name}{{{s.proxy_instance}, route=~"$route"}})',
-                 "{{route}}"), "none", mappings=ROLLED_BACK,
+                (f'max by (route) ({pm.ROUTE_ROLLED_BACK.name}{{{s.proxy_instance}, route=~"$route"}})\n'
+                 f"and on (route) {routes_serving(config)}", "{{route}}"), "none", mappings=ROLLED_BACK,
                 steps=c.thresholds(("green", None), ("red", 1)),
-                description="ROLLED BACK until 'ollama-sidecar resume ROUTE'."), 8),
+                description="ROLLED BACK until 'ollama-sidecar resume ROUTE'; the routes one of whose "
+                            "arms serves the selected models."), 8),
     )
     return c.dashboard(
         config, config.dashboard_uids.overview, "Ollama sidecar / Overview",
         "Is it up, how much traffic, how many failures, how slow, is any route rolled back.",
-        lay, c.proxy_variables(config),
+        lay, c.variables(config, *c.proxy_variables(config), c.exporter_instance_variable(config)),
     )

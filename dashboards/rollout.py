@@ -2,9 +2,13 @@
 
 The error, latency and TTFT panels read the same recording rules the rollback alerts read,
 so the on-call sees exactly the numbers that made (or will make) the proxy roll back. Those
-series are summed over proxy replicas (the decision is per route, not per replica), so the
-instance variable does not filter them. Threshold lines show the thresholds of the config's
-dashboard profile (production by default).
+series are per route and arm, summed over proxy replicas and without a model label: the
+rollback decision is per route, and an arm is one model (the "Models per route now" table
+says which). So this dashboard shows one variable, the route, and every panel, the raw ones
+too, reads every proxy replica and both arms' models: a replica or a model filter here
+would filter some panels and not the ones the alert reads. Per-instance and per-model views
+are on the Overview. Threshold lines show the thresholds of the config's dashboard profile
+(production by default).
 """
 
 from __future__ import annotations
@@ -44,12 +48,14 @@ def route_change_annotation(config: MonitoringConfig) -> dict:
         "useValueForTime": False,
     }
 
+FIRING = 'ALERTS{alertstate="firing", alertname=~"Ollama.*"'
 FIRING_ALERTS_ANNOTATION = {
     "name": "Firing alerts",
     "datasource": c.DATASOURCE,
     "enable": True,
     "iconColor": "red",
-    "expr": 'ALERTS{alertstate="firing", alertname=~"Ollama.*"}',
+    # The selected routes' alerts, and those about no route (Ollama down, GPU hot…).
+    "expr": f'{FIRING}, route=~"$route"}}\nor {FIRING}, route=""}}',
     "step": "30s",
     "titleFormat": "{{alertname}}",
     "tagKeys": "alertname,route,severity,action",
@@ -79,8 +85,8 @@ def breaker_ratio(config: MonitoringConfig) -> str:
 def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     s = c.Selectors(config)
     limits = config.thresholds
-    RAW = f"{s.proxy_filter}, {ARMS}"
     ROUTE = f'{s.proxy}, route=~"$route"'
+    RAW = f"{ROUTE}, {ARMS}"
     alert_view = (f"Recording rule {{}} (rate window of the loaded rule profile: {limits.window} "
                   f"in {limits.name}).")
     breaker_description = ("The in-process circuit breaker's own window; 'off' for a route without "
@@ -123,7 +129,7 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
         (c.timeseries("Server-side failure ratio by arm (dashboard resolution)",
                       (c.ratio(c.rate(pm.ROUTE_REQUESTS.name, f"{RAW}, {c.SERVER_SIDE}", "route, arm"),
                                c.rate(pm.ROUTE_REQUESTS.name, RAW, "route, arm")), LEGEND), "percentunit",
-                      description="Same ratio over Grafana's rate interval, filtered by instance."), 12),
+                      description="Same ratio over Grafana's rate interval instead of the rule's window."), 12),
     )
     lay.row(
         "Latency",
@@ -158,6 +164,7 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     return c.dashboard(
         config, config.dashboard_uids.rollout, "Ollama sidecar / Rollout: canary vs stable",
         "Canary and stable arms side by side; annotations mark every route change and firing alert.",
-        lay, c.proxy_variables(config),
+        lay, c.variables(config, c.query_variable(
+            "route", "Route", f"label_values({pm.ROUTE_INFO.name}{{{s.proxy}}}, route)")),
         annotations=[route_change_annotation(config), FIRING_ALERTS_ANNOTATION],
     )

@@ -1,17 +1,21 @@
 """The four provisioned dashboards: modern panels only, units everywhere, the pinned
-datasource everywhere, stable uids, and the panels issue 5 promises on-call."""
+datasource everywhere, stable uids, the JSON of the Grafana compose pins (no migration to
+run), every variable honoured where it is shown, and the panels issue 5 promises on-call."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from dashboards.common import DATASOURCE
+from dashboards import render
+from dashboards.common import DATASOURCE, UNFILTERED
 from dashboards.render import rendered_files
 from exporter import metrics as em
 from proxy import metrics as pm
-from proxy.monitoring import DEFAULT
+from proxy.monitoring import DEFAULT, RECORDED_NAMES
 from tests.promql import load_dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +79,205 @@ def test_every_panel_target_annotation_and_variable_reads_the_datasource_variabl
             assert v["datasource"] == DATASOURCE, v["name"]
 
 
+# The variables each dashboard shows. Rollout shows only the route: its recording rules (what
+# the rollback alert reads) are summed over proxy replicas and have no model label.
+VARIABLES = {
+    UIDS.overview: ["datasource", "instance", "route", "model", "exporter"],
+    UIDS.rollout: ["datasource", "route"],
+    UIDS.gpus: ["datasource", "exporter", "model"],
+    UIDS.sessions: ["datasource", "instance", "route", "model"],
+}
+
+
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
-def test_variables_datasource_instance_route_model(name):
-    variables = DASHBOARDS[name]["templating"]["list"]
-    assert [v["name"] for v in variables] == ["datasource", "instance", "route", "model"]
+def test_variables_start_with_the_pinned_datasource(name):
+    dash = DASHBOARDS[name]
+    variables = dash["templating"]["list"]
+    assert [v["name"] for v in variables] == VARIABLES[dash["uid"]]
     ds = variables[0]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
     assert ds["current"]["value"] == DEFAULT.datasource_uid  # the default: the provisioned, pinned uid
+    labels = [v["label"] for v in variables]
+    assert len(set(labels)) == len(labels)  # exemptions name variables by label
+
+
+# --- Grafana's JSON for the pinned version ------------------------------------------------
+
+def _grafana_image_tag() -> str:
+    compose = yaml.safe_load((ROOT / "compose/docker-compose.yml").read_text())
+    image = compose["services"]["grafana"]["image"]
+    assert image.startswith("grafana/grafana:"), image
+    return image.split(":", 1)[1]
+
+
+def test_the_dashboards_are_written_for_the_grafana_compose_pins():
+    """Bumping Grafana in compose fails here until the dashboards were checked against the new
+    version's schema (docs/monitoring-stack.md, "Dashboards JSON") and the pins moved."""
+    assert _grafana_image_tag() == render.GRAFANA_VERSION
+    assert render.SCHEMA_VERSION >= 39
+
+
+# What grafanalib writes for Grafana 4 and Grafana 11 no longer has (or migrates away).
+LEGACY_DASHBOARD = {"sharedCrosshair", "rows", "style", "hideControls", "__inputs", "gnetId"}
+LEGACY_PANEL = {"span", "minSpan", "height", "error", "editable", "maxDataPoints", "columns", "fontSize",
+                "styles", "legend", "yaxes", "xaxis", "lines", "bars", "nullPointMode", "thresholds"}
+LEGACY_TARGET = {"intervalFactor", "step", "metric", "query", "target"}
+LEGACY_VARIABLE = {"tags", "tagsQuery", "tagValuesQuery", "useTags", "auto", "auto_min", "auto_count"}
+
+
+def _nulls(obj, path=""):
+    """Paths of every null, but a threshold's base step (Grafana's -Infinity)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if v is None and not (k == "value" and re.search(r"steps\[0\]$", path)):
+                yield f"{path}.{k}"
+            yield from _nulls(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _nulls(v, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_schema_version_of_the_pinned_grafana_and_no_legacy_fields(name):
+    """Grafana runs no migration on these dashboards: the v14 one would turn the shared
+    crosshair off (sharedCrosshair: false), the others rewrite panels."""
+    dash = DASHBOARDS[name]
+    assert dash["schemaVersion"] == render.SCHEMA_VERSION
+    assert dash["graphTooltip"] == 1  # shared crosshair
+    assert not set(dash) & LEGACY_DASHBOARD and set(dash) <= render.DASHBOARD_KEYS
+    assert not list(_nulls(dash)), list(_nulls(dash))
+    for p in dash["panels"]:
+        keys = set(p)
+        assert not keys & LEGACY_PANEL, (p["title"], keys & LEGACY_PANEL)
+        if p["type"] == "row":
+            assert keys <= render.ROW_KEYS, p["title"]
+            continue
+        assert keys <= render.PANEL_KEYS, (p["title"], keys - render.PANEL_KEYS)
+        # Grafana runs a panel plugin's migration whenever pluginVersion differs from its own.
+        assert p["pluginVersion"] == render.GRAFANA_VERSION, p["title"]
+        assert set(p["fieldConfig"]) == {"defaults", "overrides"}, p["title"]
+        assert set(p["fieldConfig"]["defaults"]) <= render.FIELD_CONFIG_KEYS, p["title"]
+        assert "displayMode" not in p["fieldConfig"]["defaults"].get("custom", {}), p["title"]  # schema 38
+        if p["type"] == "timeseries":
+            assert p["options"]["legend"]["showLegend"] is True, p["title"]  # schema 37
+        for t in p["targets"]:
+            assert not set(t) & LEGACY_TARGET and set(t) <= render.TARGET_KEYS, (p["title"], t["refId"])
+            assert t["range"] is not t["instant"] and t["editorMode"] == "code", (p["title"], t["refId"])
+    for v in dash["templating"]["list"]:
+        assert not set(v) & LEGACY_VARIABLE and set(v) <= render.VARIABLE_KEYS, v["name"]
+
+
+def test_no_panel_caps_its_data_points():
+    """Grafana's default (one point per pixel) everywhere: a fixed 100 made long ranges coarse."""
+    for dash in DASHBOARDS.values():
+        for p in dash["panels"]:
+            assert "maxDataPoints" not in p, f"{dash['title']} / {p['title']}"
+
+
+# --- every variable honoured where it is shown ------------------------------------------------
+
+_JOB = re.compile(r'\bjob="([^"]+)"')
+
+
+def _jobs_read(expr: str) -> set[str]:
+    """The scrape jobs a query reads: its job matchers; the recording rules aggregate the
+    proxy's series; ALERTS holds the alerts on both."""
+    jobs = set(_JOB.findall(expr))
+    if any(name in expr for name in RECORDED_NAMES):
+        jobs.add(DEFAULT.proxy_job)
+    if "ALERTS" in expr:
+        jobs |= {DEFAULT.proxy_job, DEFAULT.exporter_job}
+    return jobs
+
+
+def _query_variables(dash: dict) -> list[dict]:
+    return [v for v in dash["templating"]["list"] if v["type"] == "query" and v.get("hide", 0) != 2]
+
+
+def _variable_job(var: dict) -> str:
+    (job,) = set(_JOB.findall(var["query"]))  # a variable lists the values of one job's label
+    return job
+
+
+def _references(expr: str, name: str) -> bool:
+    return re.search(rf"\$(\{{)?{name}\b", expr) is not None
+
+
+def _exempt(panel: dict, dash: dict) -> dict[str, str]:
+    """variable name -> reason, from the sentence dashboards.common.unfiltered appends."""
+    pattern = re.escape(UNFILTERED).replace(r"\{labels\}", "(?P<labels>[^:]+)").replace(r"\{reason\}", "(?P<reason>.+)")
+    m = re.search(pattern + "$", panel.get("description") or "")
+    if m is None:
+        return {}
+    by_label = {v["label"]: v["name"] for v in dash["templating"]["list"]}
+    labels = m.group("labels").split(", ")
+    assert all(label in by_label for label in labels), (panel["title"], labels)
+    return {by_label[label]: m.group("reason") for label in labels}
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_query_honours_every_variable_its_dashboard_shows(name):
+    """A variable lists one job's label values (instance of the proxy, instance of the
+    exporter, route, model). Every panel query and annotation that reads that job filters on
+    it, unless the panel says in its description that it is not filtered by it, and why
+    (dashboards.common.unfiltered: its series do not carry the label)."""
+    dash = DASHBOARDS[name]
+    variables = _query_variables(dash)
+    ignored = []
+    for p in _panels(dash):
+        exempt = _exempt(p, dash)
+        for var in variables:
+            missing = [t["refId"] for t in p["targets"]
+                       if _variable_job(var) in _jobs_read(t["expr"]) and not _references(t["expr"], var["name"])]
+            if var["name"] in exempt:
+                assert exempt[var["name"]].strip(), p["title"]
+                assert missing, f"{p['title']}: says it is not filtered by {var['label']}, but it is"
+            elif missing:
+                ignored.append(f"{p['title']} {missing} ignores ${var['name']}")
+    for a in dash["annotations"]["list"]:
+        for var in variables:
+            if _variable_job(var) in _jobs_read(a["expr"]) and not _references(a["expr"], var["name"]):
+                ignored.append(f"annotation {a['name']} ignores ${var['name']}")
+    assert not ignored, f"{dash['title']}:\n" + "\n".join(ignored)
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_query_reads_a_job_and_instance_variables_stay_in_theirs(name):
+    """The proxy and the exporter are different targets: an instance of one is never an
+    instance of the other (Overview's "Exporter up" once filtered on the proxy's instances)."""
+    dash = DASHBOARDS[name]
+    exprs = [(p["title"], t["expr"]) for p in _panels(dash) for t in p["targets"]]
+    exprs += [(a["name"], a["expr"]) for a in dash["annotations"]["list"]]
+    instance_vars = [v for v in _query_variables(dash) if re.search(r",\s*instance\s*\)\s*$", v["query"])]
+    assert instance_vars or dash["uid"] == UIDS.rollout
+    for where, expr in exprs:
+        jobs = _jobs_read(expr)
+        assert jobs, f"{where}: reads no scrape job"
+        for var in instance_vars:
+            if _references(expr, var["name"]):
+                assert jobs == {_variable_job(var)}, f"{where}: filters {jobs} on ${var['name']}"
+
+
+def test_the_panels_the_issue_named_honour_their_variables():
+    overview = _by_uid(UIDS.overview)
+    for title in ("Exporter up", "Ollama up"):
+        (panel,) = [p for p in _panels(overview) if p["title"] == title]
+        assert all("$exporter" in t["expr"] and "$instance" not in t["expr"] for t in panel["targets"])
+    rollout = _by_uid(UIDS.rollout)
+    assert not any(_exempt(p, rollout) for p in _panels(rollout))
+    assert [v["name"] for v in _query_variables(rollout)] == ["route"]
+
+
+def test_alert_links_name_variables_the_linked_dashboard_shows():
+    from alerts.alerting import alert_rules
+
+    shown = {d["uid"]: {v["name"] for v in d["templating"]["list"]} for d in DASHBOARDS.values()}
+    for profile in DEFAULT.profiles.values():
+        for rule in alert_rules(profile):
+            url = rule["annotations"]["dashboard_url"]
+            uid = re.match(r"/d/([^?]+)", url).group(1)
+            for var in re.findall(r"var-(\w+)=", url):
+                assert var in shown[uid], f"{rule['alert']}: {url}"
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -108,7 +304,7 @@ def test_layout_fits_the_grid_without_overlaps(name):
 
 def test_overview_answers_is_it_up_traffic_errors_latency_and_routing():
     exprs = _exprs(_by_uid(UIDS.overview))
-    for needed in ('up{job="ollama-proxy"', 'up{job="ollama-exporter"}', em.OLLAMA_UP.name,
+    for needed in ('up{job="ollama-proxy"', 'up{job="ollama-exporter"', em.OLLAMA_UP.name,
                    pm.REQUESTS.name, "by (error_type)", "histogram_quantile(0.99",
                    pm.TIME_TO_FIRST_TOKEN.name, pm.TOKENS.name, pm.IN_FLIGHT.name,
                    pm.QUEUE_LENGTH.name, pm.ROUTE_CANARY_WEIGHT.name, pm.ROUTE_ROLLED_BACK.name):

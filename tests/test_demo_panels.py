@@ -37,7 +37,7 @@ RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval is at a 1 s scrape inte
 def grafana_expr(expr: str, range_seconds: int) -> str:
     """The query Grafana sends with every variable on "All"."""
     expr = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", f"{range_seconds}s")
-    return re.sub(r"\$\{?(instance|route|model)\}?", ".*", expr)
+    return re.sub(r"\$\{?(instance|exporter|route|model)\}?", ".*", expr)
 
 
 def has_a_sample(prometheus: str, expr: str, start: float, end: float, instant: bool) -> bool:
