@@ -87,13 +87,13 @@ def _canary_error_rate_high(p: Profile, u: DashboardUids) -> Alert:
     # otherwise (no stable traffic, weight 100) the baseline is 0 and the absolute
     # threshold decides alone.
     baseline = (
-        f'({stable} and on (route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g})\n'
-        f"    or on (route) 0 * {canary}"
+        f'({stable} and on (host, route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g})\n'
+        f"    or on (host, route) 0 * {canary}"
     )
     expr = (
         f"{canary} > {p.canary_error_ratio:g}\n"
-        f'and on (route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
-        f"and on (route) (\n  {canary}\n  - on (route) (\n    {baseline}\n  )\n) > {p.canary_error_margin:g}"
+        f'and on (host, route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
+        f"and on (host, route) (\n  {canary}\n  - on (host, route) (\n    {baseline}\n  )\n) > {p.canary_error_margin:g}"
     )
     return Alert(
         CANARY_ERROR_RATE_HIGH, expr, p.canary_error_for, "critical",
@@ -112,10 +112,10 @@ def _canary_latency_regression(p: Profile, u: DashboardUids) -> Alert:
     canary, stable = f'{r.TTFT_P95}{{arm="canary"}}', f'{r.TTFT_P95}{{arm="stable"}}'
     expr = (
         f"{canary}\n"
-        f"and on (route) ({canary} > on (route) {p.latency_factor:g} * {stable})\n"
-        f"and on (route) ({canary} - on (route) {stable} > {p.latency_margin_seconds:g})\n"
-        f'and on (route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
-        f'and on (route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g}'
+        f"and on (host, route) ({canary} > on (host, route) {p.latency_factor:g} * {stable})\n"
+        f"and on (host, route) ({canary} - on (host, route) {stable} > {p.latency_margin_seconds:g})\n"
+        f'and on (host, route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
+        f'and on (host, route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g}'
     )
     return Alert(
         CANARY_LATENCY_REGRESSION, expr, p.latency_for, "warning",
@@ -197,7 +197,7 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
         Alert(
             HIGH_ERROR_RATE,
             f"{r.ROUTE_FAILED_RATIO} > {p.error_ratio:g}\n"
-            f"and on (route) {r.ROUTE_REQUESTS_RATE} >= {p.min_rate:g}",
+            f"and on (host, route) {r.ROUTE_REQUESTS_RATE} >= {p.min_rate:g}",
             p.error_for, "critical",
             "Route {{ $labels.route }} fails {{ $value | humanizePercentage }} of requests",
             "Server-side failures (upstream 5xx, timeouts, connection errors, cut streams) are "

@@ -26,23 +26,23 @@ def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> lis
     job = config.proxy_selector
     requests = pm.ROUTE_REQUESTS.name  # session-free, first failure visible (see its help)
     return [
-        {"record": REQUESTS_RATE, "expr": f"sum by (route, arm) (rate({requests}{{{job}}}[{w}]))"},
+        {"record": REQUESTS_RATE, "expr": f"sum by (host, route, arm) (rate({requests}{{{job}}}[{w}]))"},
         {
             # Without the `or`, an arm that never failed has no failure series at all, its
             # ratio would be missing instead of 0, and canary-vs-stable could not compare.
             "record": FAILED_RATE,
             "expr": (
-                f'sum by (route, arm) (rate({requests}{{{job}, error_type=~"{SERVER_SIDE_ERRORS_RE}"}}[{w}]))\n'
+                f'sum by (host, route, arm) (rate({requests}{{{job}, error_type=~"{SERVER_SIDE_ERRORS_RE}"}}[{w}]))\n'
                 f"or\n0 * {REQUESTS_RATE}"
             ),
         },
         # No traffic in the window gives 0/0 = NaN: every comparison with NaN is false, so
         # an idle arm never fires an alert.
         {"record": FAILED_RATIO, "expr": f"{FAILED_RATE}\n/\n{REQUESTS_RATE}"},
-        {"record": ROUTE_REQUESTS_RATE, "expr": f"sum by (route) ({REQUESTS_RATE})"},
+        {"record": ROUTE_REQUESTS_RATE, "expr": f"sum by (host, route) ({REQUESTS_RATE})"},
         {
             "record": ROUTE_FAILED_RATIO,
-            "expr": f"sum by (route) ({FAILED_RATE})\n/\nsum by (route) ({REQUESTS_RATE})",
+            "expr": f"sum by (host, route) ({FAILED_RATE})\n/\nsum by (host, route) ({REQUESTS_RATE})",
         },
         {
             "record": LATENCY_P95,
@@ -54,10 +54,10 @@ def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> lis
         },
         {
             "record": COMPLETION_TOKENS_RATE,
-            "expr": f'sum by (route, arm) (rate({pm.TOKENS.name}{{{job}, kind="completion"}}[{w}]))',
+            "expr": f'sum by (host, route, arm) (rate({pm.TOKENS.name}{{{job}, kind="completion"}}[{w}]))',
         },
     ]
 
 
 def _p95(histogram: str, job: str, window: str) -> str:
-    return f"histogram_quantile(0.95, sum by (route, arm, le) (rate({histogram}_bucket{{{job}}}[{window}])))"
+    return f"histogram_quantile(0.95, sum by (host, route, arm, le) (rate({histogram}_bucket{{{job}}}[{window}])))"

@@ -22,14 +22,23 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from alerts.render import RULE_FILES
+from tests.rule_profiles import CONFIGS
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = REPO / "compose"
 MAIN = COMPOSE_DIR / "docker-compose.yml"
 CPU = COMPOSE_DIR / "docker-compose.cpu.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
+PROXY_CONFIG = COMPOSE_DIR / "proxy" / "proxy.yaml"
 PROVISIONING = REPO / "provisioning"
+# Selects the Prometheus config, and with it the rule profile (compose's only variable
+# besides OLLAMA_SIDECAR_BIND).
+PROFILE_VARIABLE = "OLLAMA_SIDECAR_PROMETHEUS_CONFIG"
 
-SERVICES = {"ollama", "proxy", "exporter", "prometheus", "alertmanager", "grafana"}
+SERVICES = {"ollama", "proxy", "exporter", "prometheus", "alertmanager", "grafana", "receivers-check"}
+# Run once at start-up and exit; no health check, never restarted.
+ONE_SHOT = {"receivers-check"}
 PUBLISHED = {"proxy", "grafana"}
 GPU_SERVICES = {"ollama", "exporter"}
 # Ports the upstream images listen on (not configurable from this repo).
@@ -122,6 +131,27 @@ def mounts(service: dict) -> dict[str, str]:
     return found
 
 
+def host_path(service: dict, container_path: str) -> Path:
+    """Where a path inside the container comes from on the host, through its bind mounts."""
+    for target, source in sorted(mounts(service).items(), key=lambda m: -len(m[0])):
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            assert source.startswith("/"), f"{container_path} is on volume {source}"
+            return Path(source) / Path(container_path).relative_to(target)
+    raise AssertionError(f"{container_path} is not mounted")
+
+
+def with_variable(text: str, name: str, value: str) -> str:
+    """`text` as compose reads it with ${name} set to value (others at their defaults)."""
+    return interpolate(re.sub(r"\$\{" + name + r":-[^}]*\}", value, text))
+
+
+def bind_mounts(stack: dict) -> list[tuple[str, str, Path]]:
+    """(service, container path, host path) of every bind mount in the stack."""
+    return [(name, target, Path(source))
+            for name, service in stack["services"].items()
+            for target, source in mounts(service).items() if source.startswith("/")]
+
+
 def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
@@ -177,8 +207,9 @@ def test_images_are_pinned(main: dict) -> None:
         assert repository and tag and tag != "latest", name
         if "build" not in service:  # pulled: a version, not a moving tag like `stable`
             assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {service['image']}"
-    [base] = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    # The base image: by Python minor version, pinned to a digest only by
+    # compose/pin-base-image.sh (which reads it from the registry).
+    assert re.fullmatch(r"python:3\.11-slim-[a-z]+(@sha256:[0-9a-f]{64})?", dockerfile_base_image()), dockerfile_base_image()
 
 
 def test_proxy_and_exporter_share_one_image_built_from_the_repo(main: dict) -> None:
@@ -194,6 +225,8 @@ def test_proxy_and_exporter_share_one_image_built_from_the_repo(main: dict) -> N
 
 def test_every_service_has_a_health_check_its_image_can_run(main: dict) -> None:
     for name, service in main["services"].items():
+        if name in ONE_SHOT:
+            continue
         check = service["healthcheck"]["test"]
         assert check[0] == "CMD", name
         # None of these images ships curl; ollama/python/busybox wget are what they have.
@@ -309,26 +342,44 @@ def test_every_bind_mount_source_is_in_the_repo(main: dict) -> None:
                 assert source in main["volumes"], f"{name}: undeclared volume {source}"
 
 
-def test_prometheus_loads_the_committed_config_and_rules(main: dict) -> None:
+def test_prometheus_loads_each_profiles_config_with_its_own_rules(main: dict) -> None:
+    """One variable picks the profile; the config it names loads that profile's rules, so
+    fast rules never run at production scrape intervals (tests/test_profiles.py)."""
     prometheus = main["services"]["prometheus"]
-    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
-    found = mounts(prometheus)
-    assert found[config_path] == str(PROVISIONING / "prometheus" / "prometheus.yml")
-    # rule_files are relative to prometheus.yml: the rules directory sits next to it.
-    [rules_entry] = [v for v in prometheus["volumes"] if "OLLAMA_SIDECAR_RULES" in v]
-    assert found[str(Path(config_path).parent / "rules")] == str(PROVISIONING / "prometheus" / "rules")
-    fast = (COMPOSE_DIR / rules_entry.replace("${OLLAMA_SIDECAR_RULES:-rules}", "rules-fast").split(":")[0]).resolve()
-    assert fast == PROVISIONING / "prometheus" / "rules-fast"
+    [config_arg] = [a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file=")]
+    assert PROFILE_VARIABLE in config_arg
+    profiles = {"production": interpolate(config_arg), "fast": with_variable(config_arg, PROFILE_VARIABLE,
+                                                                              "prometheus-fast.yml")}
+    for profile, config_path in profiles.items():
+        host_config = host_path(prometheus, config_path)
+        assert host_config == CONFIGS[profile], profile
+        for pattern in load_yaml(host_config)["rule_files"]:
+            # rule_files are relative to the config: resolved inside the container, they land
+            # in the same mounted directory as the generated files.
+            in_container = str(Path(config_path).parent / pattern)
+            assert sorted(host_config.parent.glob(pattern)) == [REPO / RULE_FILES[profile]], profile
+            assert host_path(prometheus, in_container) == host_config.parent / pattern, profile
+    # Nothing else picks rules: no mount depends on a variable.
+    assert not any("$" in entry for entry in prometheus["volumes"])
     data_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--storage.tsdb.path="))
-    assert found[data_path] == "prometheus-data"
+    assert mounts(prometheus)[data_path] == "prometheus-data"
 
 
-def test_prometheus_targets_are_compose_services_on_their_ports(main: dict) -> None:
-    jobs = load_yaml(PROVISIONING / "prometheus" / "prometheus.yml")["scrape_configs"]
+@pytest.mark.parametrize("config", sorted(CONFIGS.values()), ids=lambda p: p.name)
+def test_prometheus_targets_are_compose_services_on_their_ports(main: dict, config: Path) -> None:
+    jobs = load_yaml(config)["scrape_configs"]
     for job in jobs:
         [target] = job["static_configs"][0]["targets"]
         host, port = target.rsplit(":", 1)
         service = "prometheus" if host == "localhost" else host
+        if service == "proxy":
+            # The proxy's /metrics lives on its own listener (metrics.listen), on the compose
+            # network only: never the port published for clients.
+            metrics_listen = load_yaml(COMPOSE_DIR / "proxy" / "proxy.yaml")["metrics"]["listen"]
+            assert int(port) == int(metrics_listen.rsplit(":", 1)[1]), job["job_name"]
+            published = [str(p) for p in main["services"]["proxy"].get("ports", [])]
+            assert published and not any(p.endswith(f":{port}") for p in published), published
+            continue
         assert int(port) == listen_port(service, main["services"][service]), job["job_name"]
 
 
@@ -353,8 +404,11 @@ def test_proxy_reads_the_example_config_and_keeps_state_on_a_volume(main: dict) 
     proxy = main["services"]["proxy"]
     found = mounts(proxy)
     config_path = command_option(proxy, "--config")
-    assert found[config_path] == str(COMPOSE_DIR / "proxy.yaml")
-    config = load_yaml(COMPOSE_DIR / "proxy.yaml")
+    assert host_path(proxy, config_path) == PROXY_CONFIG
+    # The mounted directory is the config's own: nothing else of compose/ (secrets/!)
+    # becomes visible in the container.
+    assert [p.name for p in PROXY_CONFIG.parent.iterdir()] == [PROXY_CONFIG.name]
+    config = load_yaml(PROXY_CONFIG)
     assert found[str(Path(config["state_file"]).parent)] == "proxy-state"
     assert config["upstream"] == command_option(proxy, "--upstream")
     assert urlsplit(config["alertmanager_url"]).port == IMAGE_PORTS["alertmanager"]
@@ -399,3 +453,213 @@ def test_init_secrets_fails_rather_than_write_a_weak_secret(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "random" in result.stderr
     assert not (script.parent / "secrets" / "admin_token").exists()
+
+
+# --- Reloads read the files on disk: directories, not single files ---------------------
+
+
+def test_no_config_is_bind_mounted_as_a_single_file(main: dict, cpu_merged: dict) -> None:
+    """A single-file bind mount pins the file's inode: an editor or `git checkout` writes a
+    new file, the container keeps the old one, and SIGHUP, /-/reload and the proxy's
+    reload-on-change silently apply the old config. Every bind mount is a directory."""
+    for stack in (main, cpu_merged):
+        found = bind_mounts(stack)
+        assert found
+        for name, target, source in found:
+            assert source.is_dir(), f"{name}: {source} is bind-mounted at {target} as a single file"
+
+
+@pytest.mark.parametrize(("name", "option"), [("proxy", "--config"), ("prometheus", "--config.file"),
+                                              ("alertmanager", "--config.file")])
+def test_reloadable_configs_are_read_through_their_mounted_directory(main: dict, name: str, option: str) -> None:
+    service = main["services"][name]
+    command = service["command"]
+    if option in command:
+        path = command[command.index(option) + 1]
+    else:
+        [path] = [a.split("=", 1)[1] for a in command if a.startswith(option + "=")]
+    path = interpolate(path)
+    assert path not in mounts(service), f"{name}: {path} is itself a mount"
+    assert host_path(service, path).is_file(), name
+
+
+# --- One-shot services ------------------------------------------------------------------
+
+
+def test_one_shot_services_run_to_completion_before_what_needs_them(main: dict) -> None:
+    for name in ONE_SHOT:
+        service = main["services"][name]
+        assert service["restart"] == "no", name
+        assert "healthcheck" not in service and "ports" not in service, name
+        waiting = [other for other, s in main["services"].items()
+                   if s.get("depends_on", {}).get(name, {}).get("condition") == "service_completed_successfully"]
+        assert waiting, f"{name}: nothing waits for it (docker compose up --wait would wait for it to run)"
+
+
+def test_receivers_check_reads_the_file_alertmanager_loads(main: dict) -> None:
+    alertmanager, check = main["services"]["alertmanager"], main["services"]["receivers-check"]
+    [config] = [a.split("=", 1)[1] for a in alertmanager["command"] if a.startswith("--config.file=")]
+    assert host_path(check, check["command"][0]) == host_path(alertmanager, config)
+    assert check["entrypoint"][0] == "python"  # the sidecar image's: PyYAML is a dependency
+    assert host_path(check, check["entrypoint"][1]) == COMPOSE_DIR / "receivers-check" / "receivers_check.py"
+    assert check["image"] == main["services"]["proxy"]["image"]
+    assert main["services"]["alertmanager"]["depends_on"]["receivers-check"]["condition"] == \
+        "service_completed_successfully"
+
+
+# --- The image --------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), " ".join(rest.split())))
+    return found
+
+
+def dockerfile_stages() -> tuple[list[tuple[str, str]], dict[str, list[tuple[str, str]]]]:
+    """Instructions before the first FROM, and each stage's (by name, in order)."""
+    preamble: list[tuple[str, str]] = []
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = preamble
+    for keyword, args in dockerfile_instructions():
+        if keyword == "FROM":
+            image, _, name = args.partition(" AS ")
+            current = stages.setdefault(name, [("FROM", image)])
+        else:
+            current.append((keyword, args))
+    return preamble, stages
+
+
+def dockerfile_base_image() -> str:
+    preamble, _ = dockerfile_stages()
+    [base] = [args.split("=", 1)[1] for keyword, args in preamble if args.startswith("PYTHON_IMAGE=")]
+    return base
+
+
+def index_of(instructions: list[tuple[str, str]], keyword: str, pattern: str) -> int:
+    [index] = [i for i, (k, args) in enumerate(instructions) if k == keyword and re.search(pattern, args)]
+    return index
+
+
+def test_dockerfile_builds_a_wheel_in_one_stage_and_runs_it_from_another() -> None:
+    assert DOCKERFILE.read_text().startswith("# syntax=docker/dockerfile:1\n")  # RUN --mount
+    preamble, stages = dockerfile_stages()
+    assert list(stages) == ["build", "runtime"]  # the last stage is what compose builds
+    # Both stages from the same base image, named once (pin-base-image.sh edits that line).
+    assert preamble == [("ARG", f"PYTHON_IMAGE={dockerfile_base_image()}")]
+    assert all(stage[0] == ("FROM", "${PYTHON_IMAGE}") for stage in stages.values())
+
+
+def test_dockerfile_installs_dependencies_in_their_own_layer_before_the_code() -> None:
+    """A code change must not reinstall every dependency: pyproject.toml alone is copied
+    and its dependencies installed, then the code is copied and built without them."""
+    build = dockerfile_stages()[1]["build"]
+    copies = [args for keyword, args in build if keyword == "COPY"]
+    assert copies == ["pyproject.toml ./", ". ./"]
+    pyproject = index_of(build, "COPY", r"^pyproject\.toml ")
+    deps = index_of(build, "RUN", r"pip .*install --requirement")
+    code = index_of(build, "COPY", r"^\. ")
+    wheel = index_of(build, "RUN", r"pip wheel --no-deps ")
+    assert pyproject < deps < code < wheel
+    # The dependency layer installs what pyproject.toml lists, and not the project itself.
+    [snippet] = re.findall(r"python -c '([^']*)'", build[deps][1])
+    listed = subprocess.run([sys.executable, "-c", snippet], cwd=REPO, capture_output=True, text=True, check=True)
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert listed.stdout.splitlines() == expected
+    assert not re.search(r"install\s+(\S+\s+)*\.(\s|$)", build[deps][1])
+
+
+def test_runtime_image_holds_no_source_tree_wheel_or_build_tools() -> None:
+    runtime = dockerfile_stages()[1]["runtime"]
+    # Nothing from the build context: only the dependencies' environment from `build`.
+    copies = [args for keyword, args in runtime if keyword in {"COPY", "ADD"}]
+    assert copies == ["--from=build /opt/venv /opt/venv"]
+    venv = index_of(runtime, "COPY", r"/opt/venv")
+    # The wheel is bind-mounted for the install only, installed without dependencies.
+    install = index_of(runtime, "RUN", r"--mount=type=bind,from=build,source=/wheels,target=/wheels")
+    assert re.search(r"pip .*install --no-deps --no-index /wheels/\*\.whl", runtime[install][1])
+    assert venv < install
+    text = " ".join(args for _, args in runtime)
+    for tool in ("apt-get", "gcc", "build-essential", "git "):
+        assert tool not in text, tool
+    # The build stage creates the environment without pip/setuptools of its own.
+    build = dockerfile_stages()[1]["build"]
+    assert ("RUN", "python -m venv --without-pip /opt/venv") in build
+    assert ("ENTRYPOINT", '["ollama-sidecar"]') in runtime
+    assert any(k == "ENV" and "PATH=/opt/venv/bin:$PATH" in a for k, a in runtime)
+
+
+# --- pin-base-image.sh (never against a real registry here) ----------------------------
+
+FAKE_CURL = """#!/bin/sh
+# Stands in for the registry: logs its arguments, answers like auth.docker.io and
+# registry-1.docker.io would, or fails like curl -f when FAKE_CURL_FAIL is set.
+printf '%s\\n' "$*" >> "$FAKE_CURL_LOG"
+[ -z "${FAKE_CURL_FAIL:-}" ] || exit 22
+case "$*" in
+    *auth.docker.io/token*) printf '{"token":"tok-123","access_token":"tok-123","expires_in":300}\\n' ;;
+    *-fsSI*/v2/*/manifests/*) printf 'HTTP/2 200\\r\\ncontent-type: application/vnd.oci.image.index.v1+json\\r\\ndocker-content-digest: %s\\r\\n\\r\\n' "$FAKE_DIGEST" ;;
+    *) exit 22 ;;
+esac
+"""
+
+
+def run_pin(tmp_path: Path, digest: str, fail: bool = False) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "curl").write_text(FAKE_CURL)
+    (bin_dir / "curl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_CURL_LOG": str(tmp_path / "curl.log"),
+           "FAKE_DIGEST": digest, **({"FAKE_CURL_FAIL": "1"} if fail else {})}
+    return subprocess.run(["sh", str(tmp_path / "compose" / "pin-base-image.sh")], capture_output=True, text=True,
+                          env=env)
+
+
+@pytest.fixture
+def pin_copy(tmp_path: Path) -> Path:
+    compose = tmp_path / "compose"
+    compose.mkdir()
+    shutil.copy(COMPOSE_DIR / "pin-base-image.sh", compose)
+    # As committed, but unpinned (the committed file may carry a pin read from the registry).
+    unpinned = re.sub(r"^(ARG PYTHON_IMAGE=[^@\n]+)@\S+$", r"\1", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    (compose / "Dockerfile").write_text(unpinned)
+    return compose / "Dockerfile"
+
+
+def test_pin_base_image_pins_then_refreshes_the_digest_it_reads(tmp_path: Path, pin_copy: Path) -> None:
+    before = pin_copy.read_text()
+    tag = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", before, re.MULTILINE).group(1)
+    first, second = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+    result = run_pin(tmp_path, first)
+    assert result.returncode == 0, result.stderr
+    assert pin_copy.read_text() == before.replace(f"ARG PYTHON_IMAGE={tag}\n", f"ARG PYTHON_IMAGE={tag}@{first}\n")
+    # It asked the registry for that tag's manifest list, with the pull token.
+    name, _, version = tag.rpartition(":")
+    log = (tmp_path / "curl.log").read_text()
+    assert f"scope=repository:library/{name}:pull" in log
+    assert "Authorization: Bearer tok-123" in log
+    assert f"https://registry-1.docker.io/v2/library/{name}/manifests/{version}" in log
+
+    result = run_pin(tmp_path, second)  # the tag moved: the pin follows, once
+    assert result.returncode == 0, result.stderr
+    assert pin_copy.read_text() == before.replace(f"ARG PYTHON_IMAGE={tag}\n", f"ARG PYTHON_IMAGE={tag}@{second}\n")
+    assert run_pin(tmp_path, second).stdout.startswith("unchanged")
+
+
+@pytest.mark.parametrize(("digest", "fail"), [("sha256:" + "a" * 64, True), ("", False), ("sha256:abc", False),
+                                              ("sha256:" + "a" * 64 + "; rm -rf /", False)])
+def test_pin_base_image_changes_nothing_without_a_well_formed_digest(tmp_path: Path, pin_copy: Path, digest: str,
+                                                                     fail: bool) -> None:
+    before = pin_copy.read_text()
+    result = run_pin(tmp_path, digest, fail=fail)
+    assert result.returncode != 0
+    assert "pin-base-image:" in result.stderr
+    assert pin_copy.read_text() == before
+    assert sorted(p.name for p in pin_copy.parent.iterdir()) == ["Dockerfile", "pin-base-image.sh"]  # no temp file left

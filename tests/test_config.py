@@ -204,7 +204,7 @@ def test_cli_stops_on_config_error_naming_the_key(tmp_path):
 def test_the_shipped_compose_proxy_config_is_valid(tmp_path):
     token = tmp_path / "token"
     token.write_text("t\n")
-    cfg = load_config("compose/proxy.yaml", environ={"OLLAMA_SIDECAR_ADMIN_TOKEN_FILE": str(token)})
+    cfg = load_config("compose/proxy/proxy.yaml", environ={"OLLAMA_SIDECAR_ADMIN_TOKEN_FILE": str(token)})
     assert cfg.listen == "0.0.0.0:11435" and cfg.upstream == "http://ollama:11434"
     assert cfg.routes["chat"].canary and cfg.alertmanager_url == "http://alertmanager:9093"
 
@@ -234,7 +234,7 @@ def test_the_schema_is_valid_json_schema_draft_2020_12():
 
 
 def test_the_schema_and_the_proxy_accept_the_shipped_compose_config():
-    data = yaml.safe_load((ROOT / "compose" / "proxy.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((ROOT / "compose" / "proxy" / "proxy.yaml").read_text(encoding="utf-8"))
     assert schema_errors(data) == []
     parse_config(data, environ={})
 
@@ -296,7 +296,7 @@ def test_the_schema_means_the_same_to_editors_that_only_know_draft_7():
     draft7 = jsonschema.Draft7Validator(config_schema())
     for data, _ in REFUSED:
         assert not draft7.is_valid(data), data
-    for data in [yaml.safe_load((ROOT / "compose" / "proxy.yaml").read_text()), *readme_configs()]:
+    for data in [yaml.safe_load((ROOT / "compose" / "proxy" / "proxy.yaml").read_text()), *readme_configs()]:
         assert draft7.is_valid(data), data
 
 

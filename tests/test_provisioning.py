@@ -27,6 +27,9 @@ from tests.binaries import alertmanager_binary, require_binary
 REPO = Path(__file__).resolve().parent.parent
 PROVISIONING = REPO / "provisioning"
 PROMETHEUS_YML = PROVISIONING / "prometheus" / "prometheus.yml"
+PROMETHEUS_FAST_YML = PROVISIONING / "prometheus" / "prometheus-fast.yml"
+# Every shipped Prometheus config: production (the default) and the fast profile's.
+PROMETHEUS_CONFIGS = [PROMETHEUS_YML, PROMETHEUS_FAST_YML]
 ALERTMANAGER_YML = PROVISIONING / "alertmanager" / "alertmanager.yml"
 DATASOURCE_YML = PROVISIONING / "grafana" / "datasources" / "prometheus.yml"
 PROVIDER_YML = PROVISIONING / "grafana" / "dashboard-providers" / "ollama-sidecar.yml"
@@ -34,7 +37,7 @@ PROVIDER_YML = PROVISIONING / "grafana" / "dashboard-providers" / "ollama-sideca
 # The team's fixed facts (BRIEF.md): job names the alert rules select on, and where each
 # job finds its target on the compose network.
 EXPECTED_TARGETS = {
-    "ollama-proxy": "proxy:11435",
+    "ollama-proxy": "proxy:9102",  # the proxy's metrics listener, not published
     "ollama-exporter": "exporter:9101",
     "prometheus": "localhost:9090",
     "alertmanager": "alertmanager:9093",
@@ -44,6 +47,8 @@ EXPECTED_TARGETS = {
 DATASOURCE_UID = "ollama-sidecar-prometheus"
 ADMIN_TOKEN_FILE = "/run/secrets/admin_token"
 ROLLBACK_WEBHOOK = "http://proxy:11435/admin/alertmanager"
+# The static `host` label of every scrape target (compose: one machine).
+HOST = "local"
 
 
 def load(path: Path) -> dict:
@@ -71,20 +76,35 @@ def duration_seconds(text: str) -> float:
 # --- Prometheus ------------------------------------------------------------------------
 
 
-def test_promtool_accepts_prometheus_config() -> None:
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_promtool_accepts_prometheus_config(config: Path) -> None:
     promtool = require_binary("promtool")
     # Also checks every rule file the rule_files glob matches (once rules are generated).
-    result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout, result.stdout
 
 
-def test_each_job_has_one_static_config_with_its_compose_target() -> None:
-    jobs = {job["job_name"]: job for job in load(PROMETHEUS_YML)["scrape_configs"]}
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_each_job_has_one_static_config_with_its_compose_target(config: Path) -> None:
+    jobs = {job["job_name"]: job for job in load(config)["scrape_configs"]}
     assert set(jobs) == set(EXPECTED_TARGETS)
     for name, job in jobs.items():
         # One static_config per job: the demo and e2e tests rewrite targets by job name.
         assert len(job["static_configs"]) == 1, name
         assert job["static_configs"][0]["targets"] == [EXPECTED_TARGETS[name]], name
+
+
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_every_target_carries_the_static_host_label_of_its_machine(config: Path) -> None:
+    """Alertmanager's inhibitions match on `host` (equal: [host]), and the exporter's and
+    the proxy's series join on it: a static label per target, the same for the proxy and
+    the exporter in front of one Ollama (compose runs everything on one machine)."""
+    hosts = {job["job_name"]: job["static_configs"][0].get("labels", {}).get("host")
+             for job in load(config)["scrape_configs"]}
+    assert all(hosts.values()), hosts
+    assert hosts[MONITORING.proxy_job] == hosts[MONITORING.exporter_job]
+    assert set(hosts.values()) == {HOST}
 
 
 def test_the_monitoring_config_names_the_jobs_and_datasource_provisioned_here() -> None:
@@ -95,18 +115,21 @@ def test_the_monitoring_config_names_the_jobs_and_datasource_provisioned_here() 
     assert MONITORING.datasource_uid == DATASOURCE_UID
 
 
-def test_rule_files_glob_is_relative_and_loads_both_generated_profiles() -> None:
-    config = load(PROMETHEUS_YML)
-    assert config["rule_files"] == ["rules/*.yml"]
-    # Fixed locations (BRIEF.md), relative to prometheus.yml; compose mounts either
-    # profile's directory at rules/.
-    for generated in ("rules/ollama-sidecar.rules.yml", "rules-fast/ollama-sidecar.rules.yml"):
-        as_mounted = "rules/" + generated.split("/", 1)[1]
-        assert fnmatch.fnmatch(as_mounted, config["rule_files"][0]), generated
+@pytest.mark.parametrize(("config", "rules"), [(PROMETHEUS_YML, "rules/ollama-sidecar.rules.yml"),
+                                               (PROMETHEUS_FAST_YML, "rules-fast/ollama-sidecar.rules.yml")],
+                         ids=["production", "fast"])
+def test_each_config_loads_its_own_profiles_rules_by_a_relative_glob(config: Path, rules: str) -> None:
+    # Fixed locations (BRIEF.md), relative to the config: compose mounts the whole
+    # directory, so the same relative glob works in the container.
+    [pattern] = load(config)["rule_files"]
+    assert not pattern.startswith("/")
+    assert fnmatch.fnmatch(rules, pattern)
+    assert [str(p.relative_to(config.parent)) for p in config.parent.glob(pattern)] == [rules]
 
 
-def test_alerts_are_sent_to_alertmanager() -> None:
-    [alertmanagers] = load(PROMETHEUS_YML)["alerting"]["alertmanagers"]
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_alerts_are_sent_to_alertmanager(config: Path) -> None:
+    [alertmanagers] = load(config)["alerting"]["alertmanagers"]
     assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
 
 
@@ -136,14 +159,17 @@ def test_amtool_accepts_alertmanager_config() -> None:
 @pytest.mark.parametrize(
     ("labels", "expected"),
     [
-        (["alertname=OllamaCanaryErrorRateHigh", "action=rollback", "route=chat", "severity=critical"], "rollback"),
-        (["alertname=OllamaCanaryLatencyRegression", "action=rollback", "route=embed"], "rollback"),
+        # Rollback alerts: the proxy's webhook, then (continue: true) people too.
+        (["alertname=OllamaCanaryErrorRateHigh", "action=rollback", "route=chat", "severity=critical"],
+         "rollback,default"),
+        (["alertname=OllamaCanaryLatencyRegression", "action=rollback", "route=embed"], "rollback,default"),
         (["alertname=OllamaGPUHot", "severity=warning"], "default"),
         (["alertname=OllamaRouteRolledBack", "route=chat", "severity=warning"], "default"),
         (["alertname=Custom", "action=page", "route=chat"], "default"),
     ],
 )
-def test_alertmanager_routes_only_rollback_alerts_to_the_proxy(labels: list[str], expected: str) -> None:
+def test_alertmanager_routes_only_rollback_alerts_to_the_proxy_and_every_alert_to_people(
+        labels: list[str], expected: str) -> None:
     amtool = require_binary("amtool")
     result = subprocess.run(
         [amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", *labels],
@@ -158,6 +184,7 @@ def test_rollback_receiver_calls_the_proxy_webhook_with_the_token_and_resolved()
     config = load(ALERTMANAGER_YML)
     route = rollback_route(config)
     assert route["matchers"] == ['action="rollback"']
+    assert route["continue"] is True  # and on to people
     assert duration_seconds(route["group_wait"]) <= 10
     assert config["route"]["group_by"] == ["alertname", "route"]
     [webhook] = receiver(config, "rollback")["webhook_configs"]
@@ -166,9 +193,13 @@ def test_rollback_receiver_calls_the_proxy_webhook_with_the_token_and_resolved()
     assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": ADMIN_TOKEN_FILE}
 
 
-def test_everything_else_goes_to_a_silent_default_receiver() -> None:
+def test_people_get_every_alert_through_default_which_ships_with_examples_only() -> None:
+    """As shipped, `default` notifies nobody (its examples are comments, see
+    tests/test_alertmanager_config.py); compose's receivers-check says so at start-up."""
     config = load(ALERTMANAGER_YML)
     assert config["route"]["receiver"] == "default"
+    # After the rollback route, a catch-all route to people (no matchers).
+    assert config["route"]["routes"][-1] == {"receiver": "default"}
     assert receiver(config, "default") == {"name": "default"}
 
 

@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
              + (", Alertmanager, Prometheus" if monitoring else "") + " …")
         stack.start()
         _say("  " + ", ".join(f"{name} {stack.url(name)}" for name in stack.processes))
+        if monitoring:
+            _say("  Alertmanager: rollback alerts go to the proxy's webhook; no human receiver is configured "
+                 "(docs/monitoring-stack.md, \"Notifying humans\")")
         _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
         traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
         outcome = _timeline(stack, traffic, args)
