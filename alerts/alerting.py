@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from alerts import recording as r
 from exporter import metrics as em
 from proxy import metrics as pm
 from proxy.monitoring import DEFAULT, DashboardUids, MonitoringConfig, Profile
-
-from alerts import recording as r
 
 # One base for every runbook link (MonitoringConfig.runbook_base); the anchor is the alert
 # name in lower case, which is what GitHub generates for a heading that is exactly the

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from proxy import metrics as pm
 from proxy.monitoring import (  # noqa: F401  (re-exported: the rule names' one home is proxy.monitoring)
-    COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, LATENCY_P95, RECORDED_NAMES,
-    REQUESTS_RATE, ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE, TTFT_P95, MonitoringConfig, Profile,
-)
+    COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, LATENCY_P95, RECORDED_NAMES, REQUESTS_RATE,
+    ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE, TTFT_P95, MonitoringConfig, Profile)
 
 # error_type values that count against an arm, as a regex matcher value (sorted: stable output).
 SERVER_SIDE_ERRORS_RE = "|".join(sorted(pm.SERVER_SIDE_ERRORS))

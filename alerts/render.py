@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import yaml
 
-from proxy.monitoring import DEFAULT, MonitoringConfig, Profile
-
 from alerts.alerting import alert_rules
 from alerts.recording import recording_rules
+from proxy.monitoring import DEFAULT, MonitoringConfig, Profile
 
 # Where each profile's file lives, relative to the repository root.
 RULE_FILES: dict[str, str] = {

@@ -17,7 +17,6 @@ from exporter.nvml_reader import NvmlReader
 from exporter.ollama_fetch import OllamaFetcher
 
 
-
 class Exporter:
     """One exporter: its own registry (nothing global), closed with :meth:`close`."""
 

@@ -19,8 +19,7 @@ from typing import Any, Callable
 
 import urllib3
 
-from exporter.ollama_api import (
-    InstalledModel, LoadedModel, OllamaReplyError, parse_ps, parse_tags, parse_version)
+from exporter.ollama_api import InstalledModel, LoadedModel, OllamaReplyError, parse_ps, parse_tags, parse_version
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -31,8 +31,8 @@ from proxy.control.alertmanager import Reconciler
 from proxy.control.breaker import Breakers
 from proxy.control.plane import ControlPlane
 from proxy.control.reload import ConfigReloader
-from proxy.control.state import persisted_key
 from proxy.control.routing import RouteTable
+from proxy.control.state import persisted_key
 from proxy.dataplane.admission import AdmissionControl
 from proxy.dataplane.forward import Forwarder
 from proxy.dataplane.guards import make_request_guard

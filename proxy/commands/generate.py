@@ -22,7 +22,6 @@ import yaml
 from proxy.config import render_config_schema
 from proxy.monitoring import DEFAULT, MonitoringConfig, with_overrides
 
-
 CONFIG_SCHEMA = "docs/config.schema.json"
 
 

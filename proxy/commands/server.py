@@ -13,8 +13,8 @@ import sys
 from aiohttp import web
 
 from proxy.app import DRAIN, FORWARDER, build_app
-from proxy.config import ConfigError, ProxyConfig, load_config
 from proxy.common.listen import parse_listen
+from proxy.config import ConfigError, ProxyConfig, load_config
 
 log = logging.getLogger("ollama_sidecar.proxy")
 

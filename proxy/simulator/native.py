@@ -8,17 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from proxy.simulator import models_info
-from proxy.simulator.inference import (
-    CUT,
-    MIDSTREAM_ERROR,
-    MIDSTREAM_ERROR_OUTCOME,
-    ClientGone,
-    Inference,
-    chat_prompt_tokens,
-    embedding_vector,
-    estimate_tokens,
-)
-from proxy.simulator.parse import BadRequest, ErrorFn, keep_alive_seconds, num_predict, read_body, require_model, stream_flag
+from proxy.simulator.inference import (CUT, MIDSTREAM_ERROR, MIDSTREAM_ERROR_OUTCOME, ClientGone, Inference,
+                                       chat_prompt_tokens, embedding_vector, estimate_tokens)
+from proxy.simulator.parse import (BadRequest, ErrorFn, keep_alive_seconds, num_predict, read_body, require_model,
+                                   stream_flag)
 from proxy.simulator.serve import client_gone, drop_connection, serve
 from proxy.simulator.state import SimulatorState, state_of
 from proxy.simulator.wire import NDJSON, json_reply, native_error, ndjson_line, rfc3339

@@ -12,15 +12,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from proxy.simulator.inference import (
-    CANCELLED,
-    CUT,
-    HANG,
-    MIDSTREAM_ERROR,
-    MIDSTREAM_ERROR_OUTCOME,
-    ClientGone,
-    Inference,
-)
+from proxy.simulator.inference import (CANCELLED, CUT, HANG, MIDSTREAM_ERROR, MIDSTREAM_ERROR_OUTCOME, ClientGone,
+                                       Inference)
 from proxy.simulator.state import SPLIT_WRITES_KEY
 from proxy.simulator.wire import StreamWriter
 
