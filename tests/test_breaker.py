@@ -15,7 +15,9 @@ from proxy.control.routing import Decision, RouteTable
 from proxy.metrics import ProxyMetrics
 from tests.conftest import FakeClock
 
-BREAKER = {"window": 60, "min_requests": 10, "failure_ratio": 0.5}
+# The sequential test at rate ratio 3 and alpha 0.01 keeps the arithmetic of these tests
+# readable (threshold 4.6); the shipped defaults are stricter (docs/decisions.md).
+BREAKER = {"window": 60, "min_requests": 10, "failure_ratio": 0.5, "rate_ratio": 3, "alpha": 0.01}
 CANARY = Decision("chat", "canary", "qwen3:8b-ft", "http://ollama:11434")
 STABLE = Decision("chat", "stable", "qwen3:8b", "http://ollama:11434")
 
