@@ -76,30 +76,47 @@ class Alert:
         return rule
 
 
+def _seconds(duration: str) -> float:
+    """Seconds of a Prometheus duration such as ``5m`` or ``10s``."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for unit in ("ms", "s", "m", "h", "d"):
+        if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(duration[: -len(unit)]) * units[unit]
+    raise ValueError(f"not a simple Prometheus duration: {duration!r}")
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:g}%"
 
 
 def _canary_error_rate_high(p: Profile, u: DashboardUids) -> Alert:
+    # The form and numbers come from bench/decisions_sim.py (docs/decisions.md): a fixed
+    # threshold on a 5-minute ratio rolled back a healthy canary at low traffic within a day
+    # almost surely. This one needs evidence: enough canary failures, enough failures
+    # expected under stable's ratio, and a ratio well above stable's.
     canary, stable = f'{r.FAILED_RATIO}{{arm="canary"}}', f'{r.FAILED_RATIO}{{arm="stable"}}'
-    # Stable's ratio is the baseline only when stable has enough traffic to say anything;
-    # otherwise (no stable traffic, weight 100) the baseline is 0 and the absolute
-    # threshold decides alone.
-    baseline = (
-        f'({stable} and on (host, route) {r.REQUESTS_RATE}{{arm="stable"}} >= {p.canary_min_rate:g})\n'
-        f"    or on (host, route) 0 * {canary}"
-    )
+    seconds = _seconds(p.window)
+    stable_ratio = f"clamp_min({stable}, {p.canary_stable_ratio_floor:g})"
     expr = (
-        f"{canary} > {p.canary_error_ratio:g}\n"
-        f'and on (host, route) {r.REQUESTS_RATE}{{arm="canary"}} >= {p.canary_min_rate:g}\n'
-        f"and on (host, route) (\n  {canary}\n  - on (host, route) (\n    {baseline}\n  )\n) > {p.canary_error_margin:g}"
+        f"{canary}\n"
+        f'and on (host, route) {r.FAILED_RATE}{{arm="canary"}} * {seconds:g} >= {p.canary_min_failures:g}\n'
+        f"and on (host, route) (\n"
+        f'    {r.REQUESTS_RATE}{{arm="canary"}} * on (host, route) {stable_ratio} * {seconds:g}'
+        f" >= {p.canary_min_expected_failures:g}\n"
+        f"  and on (host, route) {canary} > on (host, route) {p.canary_rate_ratio:g} * {stable_ratio}"
+        f" + {p.canary_error_margin:g}\n"
+        f"  or\n"
+        f"    {canary} > {p.canary_error_ratio:g}\n"
+        f'  unless on (host, route) {r.REQUESTS_RATE}{{arm="stable"}} > 0\n'
+        f")"
     )
     return Alert(
         CANARY_ERROR_RATE_HIGH, expr, p.canary_error_for, "critical",
         "Canary of route {{ $labels.route }} fails more than stable",
         "The canary arm of route {{ $labels.route }} failed {{ $value | humanizePercentage }} of its "
-        f"requests over {p.window} (server-side errors; threshold {_pct(p.canary_error_ratio)} and "
-        f"{_pct(p.canary_error_margin)} above stable). The proxy rolls the route back to stable "
+        f"requests over {p.window} (server-side errors; at least {p.canary_min_failures:g} failures, more than "
+        f"{p.canary_rate_ratio:g}x stable's ratio + {_pct(p.canary_error_margin)}, or above "
+        f"{_pct(p.canary_error_ratio)} when stable has no traffic). The proxy rolls the route back to stable "
         "when Alertmanager delivers this alert.",
         u.rollout, ("route",), {"action": "rollback"}, keep_firing_for=p.rollback_keep_firing_for,
     )

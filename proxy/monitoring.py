@@ -62,9 +62,19 @@ class Profile:
     window: str
 
     # Canary vs stable (drive the automatic rollback).
-    canary_min_rate: float  # req/s an arm needs before its ratio counts as evidence
-    canary_error_ratio: float  # the canary's server-side failure ratio must exceed this…
-    canary_error_margin: float  # …and stable's ratio by at least this much
+    canary_min_rate: float  # req/s an arm needs before its latency counts as evidence
+    # The rollback on failures (chosen by bench/decisions_sim.py, docs/decisions.md): the
+    # canary must have failed at least `canary_min_failures` times in the window, stable's
+    # ratio (never taken below `canary_stable_ratio_floor`) must predict at least
+    # `canary_min_expected_failures` canary failures, and the canary's ratio must exceed
+    # `canary_rate_ratio` x stable's + `canary_error_margin`. With no stable traffic (a
+    # route at 100 %) the absolute `canary_error_ratio` decides instead.
+    canary_min_failures: int
+    canary_min_expected_failures: float
+    canary_rate_ratio: float
+    canary_stable_ratio_floor: float
+    canary_error_ratio: float
+    canary_error_margin: float
     canary_error_for: str
     latency_factor: float  # canary p95 must exceed stable p95 × factor…
     latency_margin_seconds: float  # …and stable p95 + margin (tiny latencies never fire)
@@ -99,9 +109,13 @@ PRODUCTION = Profile(
     interval=None,
     window="5m",
     canary_min_rate=0.1,  # 30 requests in the 5 min window
+    canary_min_failures=6,
+    canary_min_expected_failures=0.5,
+    canary_rate_ratio=3,
+    canary_stable_ratio_floor=0.005,
     canary_error_ratio=0.05,
-    canary_error_margin=0.02,
-    canary_error_for="2m",
+    canary_error_margin=0.01,
+    canary_error_for="5m",
     latency_factor=1.5,
     latency_margin_seconds=0.5,
     latency_for="5m",
@@ -127,6 +141,12 @@ FAST = Profile(
     interval="1s",
     window="10s",
     canary_min_rate=0.2,  # 2 requests in the 10 s window
+    # A demo's few seconds cannot hold the evidence production asks for: fewer failures
+    # and expected failures, the same comparison with stable.
+    canary_min_failures=3,
+    canary_min_expected_failures=0.1,
+    canary_rate_ratio=3,
+    canary_stable_ratio_floor=0.005,
     canary_error_ratio=0.1,
     canary_error_margin=0.05,
     canary_error_for="2s",
