@@ -50,7 +50,7 @@ ARMS = ("stable", "canary")
 # Prometheus's duration syntax (units in descending order, each at most once).
 _DURATION = re.compile(r"^(?:\d+y)?(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?(?:\d+ms)?$")
 
-FAILURE_TYPES = frozenset(pm.SERVER_SIDE_ERRORS | {pm.ErrorType.MODEL_NOT_FOUND})
+FAILURE_TYPES = pm.ARM_FAILURES
 """What counts against an arm: server-side errors, and ``model_not_found``, which on a
 route's arm (the only series the report reads) means that arm's model is missing."""
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from proxy.control.decisions import CanarySPRT, RecentRequests
 from proxy.control.routing import Decision, RouteState, RouteTable
-from proxy.metrics import SERVER_SIDE_ERRORS, Arm, ErrorType, ProxyMetrics
+from proxy.metrics import ARM_FAILURES, Arm, ErrorType, ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.breaker")
 
@@ -101,7 +101,7 @@ class Breakers:
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = ArmWindow()
-        failed = is_failure(error_type)
+        failed = error_type in ARM_FAILURES
         window.add(now, failed)
         if state is None or state.rolled_back:
             return
@@ -154,9 +154,3 @@ class Breakers:
         if test is not None:
             out["sequential_test"] = test.state()
         return out
-
-
-def is_failure(error_type: ErrorType) -> bool:
-    """What counts against an arm: server-side errors, and on a routed arm a 404 (the arm's
-    model is missing, so every user of that arm fails)."""
-    return error_type in SERVER_SIDE_ERRORS or error_type == ErrorType.MODEL_NOT_FOUND

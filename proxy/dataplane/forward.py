@@ -362,7 +362,7 @@ class Forwarder:
         elif tail is not None and error_type is None:
             error_type = ErrorType.STREAM_INTERRUPTED  # a broken fragment is never relayed
             message = "upstream Ollama ended the stream in the middle of a line"
-        for long_line in getattr(framer, "long_lines", ()):
+        for long_line in framer.long_lines:
             observer.long_line(long_line, time.perf_counter())
         unparsed = self.recorder.metrics.unparsed_lines
         if observer.unparsed:

@@ -121,6 +121,7 @@ class ForwardingFramer:
     """
 
     __slots__ = ("max_line", "_tail", "_raw", "overlong")
+    long_lines: tuple[LongLine, ...] = ()  # never keeps an over-long line's ends: it only forwards
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line

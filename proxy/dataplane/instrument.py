@@ -76,11 +76,9 @@ class Recorder:
         return keyed_session_label(session, self.session_key) if self.session_key else clean_label(session)
 
     def session_label(self, raw: str | None) -> str:
-        label = self.sessions.label(None if raw is None else self.label_of(raw))
-        self.metrics.session_labels.set(len(self.sessions))
-        return label
+        return self._admit(None if raw is None else self.label_of(raw))
 
-    def _readmit(self, label: str) -> str:
+    def _admit(self, label: str | None) -> str:
         label = self.sessions.label(label)
         self.metrics.session_labels.set(len(self.sessions))
         return label
@@ -124,7 +122,7 @@ class Recorder:
         if session not in (NO_SESSION, OVERFLOW):
             # Re-admit: a request can outlive its session's TTL, and a series recreated for
             # an evicted value would escape the cap.
-            session = rec.session = self._readmit(session)
+            session = rec.session = self._admit(session)
         base = (rec.endpoint, rec.route, rec.arm, rec.model)
         labels = (*base, session, rec.error_type)
         self._request_series[session].add(labels)
