@@ -9,10 +9,13 @@ proxy's scrape job.
 
 from __future__ import annotations
 
+from prometheus_client.utils import floatToGoString
+
 from proxy import metrics as pm
 from proxy.monitoring import (  # noqa: F401  (re-exported: the rule names' one home is proxy.monitoring)
     COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, LATENCY_P95, RECORDED_NAMES, REQUESTS_RATE,
-    ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE, TTFT_P95, MonitoringConfig, Profile)
+    ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE, TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO, TTFT_P95, TTFT_RATE,
+    MonitoringConfig, Profile)
 
 # error_type values that count against an arm, as a regex matcher value (sorted: stable output).
 SERVER_SIDE_ERRORS_RE = "|".join(sorted(pm.SERVER_SIDE_ERRORS))
@@ -24,6 +27,7 @@ def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> lis
     w = profile.window
     job = config.proxy_selector
     requests = pm.ROUTE_REQUESTS.name  # session-free, first failure visible (see its help)
+    ttft, slo = pm.TIME_TO_FIRST_TOKEN.name, floatToGoString(profile.decisions.ttft_slo)
     return [
         {"record": REQUESTS_RATE, "expr": f"sum by (host, route, arm) (rate({requests}{{{job}}}[{w}]))"},
         {
@@ -51,6 +55,16 @@ def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> lis
             "record": TTFT_P95,
             "expr": _p95(pm.TIME_TO_FIRST_TOKEN.name, job, w),
         },
+        # The TTFT histogram holds successful, warm requests only (failures and model-load
+        # waits stay out), so the share over the SLO is a proportion like the failure ratio.
+        # The SLO is a bucket bound, spelt as prometheus_client spells its `le` labels.
+        {"record": TTFT_RATE, "expr": f"sum by (host, route, arm) (rate({ttft}_count{{{job}}}[{w}]))"},
+        {
+            "record": TTFT_OVER_SLO_RATE,
+            "expr": (f"{TTFT_RATE}\n- on (host, route, arm)\n"
+                     f'sum by (host, route, arm) (rate({ttft}_bucket{{{job}, le="{slo}"}}[{w}]))'),
+        },
+        {"record": TTFT_OVER_SLO_RATIO, "expr": f"{TTFT_OVER_SLO_RATE}\n/\n{TTFT_RATE}"},
         {
             "record": COMPLETION_TOKENS_RATE,
             "expr": f'sum by (host, route, arm) (rate({pm.TOKENS.name}{{{job}, kind="completion"}}[{w}]))',

@@ -103,7 +103,7 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
         (c.stat("Breaker: canary failure ratio",
                 (breaker_ratio(config), "{{route}}"),
                 "percentunit", graph=True, mappings=BREAKER_MAPPINGS,
-                steps=c.thresholds(("green", None), ("orange", limits.canary_error_ratio)),
+                steps=c.thresholds(("green", None), ("orange", limits.decisions.max_failure_ratio)),
                 description=breaker_description), 6),
         (c.stat("Route changes in range",
                 (changes_in_range("", config), "changes"),
@@ -124,7 +124,7 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
         "Errors",
         (c.timeseries("Server-side failure ratio by arm (what the rollback alert sees)",
                       (f"{r.FAILED_RATIO}{{{REC}}}", LEGEND), "percentunit",
-                      steps=c.thresholds(("green", None), ("red", limits.canary_error_ratio)),
+                      steps=c.thresholds(("green", None), ("red", limits.decisions.max_failure_ratio)),
                       threshold_lines=True, description=alert_view.format(r.FAILED_RATIO)), 12),
         (c.timeseries("Server-side failure ratio by arm (dashboard resolution)",
                       (c.ratio(c.rate(pm.ROUTE_REQUESTS.name, f"{RAW}, {c.SERVER_SIDE}", "route, arm"),
@@ -134,21 +134,32 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     lay.row(
         "Latency",
         (c.timeseries("p95 latency by arm", (f"{r.LATENCY_P95}{{{REC}}}", LEGEND), "s",
-                      description=alert_view.format(r.LATENCY_P95)), 8),
+                      description=alert_view.format(r.LATENCY_P95)), 6),
+        (c.timeseries(f"First token over {limits.decisions.ttft_slo:g}s, share by arm (what the latency "
+                      "rollback alert sees)", (f"{r.TTFT_OVER_SLO_RATIO}{{{REC}}}", LEGEND), "percentunit",
+                      description="Share of successful requests that did not wait for a model load whose time "
+                      "to first token exceeded the SLO (decisions.ttft_slo). "
+                      + alert_view.format(r.TTFT_OVER_SLO_RATIO)), 6),
         (c.timeseries("p95 time to first token by arm", (f"{r.TTFT_P95}{{{REC}}}", LEGEND), "s",
                       steps=c.thresholds(("green", None), ("red", limits.ttft_p95_seconds)),
-                      threshold_lines=True, description=alert_view.format(r.TTFT_P95)), 8),
-        (c.timeseries("p95 time per output token by arm",
-                      (c.quantile(0.95, pm.TIME_PER_OUTPUT_TOKEN.name, RAW, "route, arm"), LEGEND), "s"), 8),
+                      threshold_lines=True, description="Successful requests that did not wait for a model "
+                      "load. " + alert_view.format(r.TTFT_P95)), 6),
+        (c.timeseries("Requests that waited for a model load, by arm",
+                      (c.rate(pm.MODEL_LOAD_WAITS.name, RAW, "route, arm"), LEGEND), "reqps",
+                      description="Requests whose upstream load_duration reached decisions.load_wait: left out "
+                      "of the time to first token above (a cold load is the scheduler's doing, not the model's)."),
+         6),
     )
     lay.row(
         "Throughput and breaker",
         (c.timeseries("Completion tokens/s by arm", (f"{r.COMPLETION_TOKENS_RATE}{{{REC}}}", LEGEND),
-                      "suffix: tok/s", description=alert_view.format(r.COMPLETION_TOKENS_RATE)), 12),
+                      "suffix: tok/s", description=alert_view.format(r.COMPLETION_TOKENS_RATE)), 8),
+        (c.timeseries("p95 time per output token by arm",
+                      (c.quantile(0.95, pm.TIME_PER_OUTPUT_TOKEN.name, RAW, "route, arm"), LEGEND), "s"), 8),
         (c.timeseries("Breaker: canary failure ratio",
                       (breaker_ratio(config), "{{route}}"),
                       "percentunit", mappings=BREAKER_MAPPINGS,
-                      description=breaker_description + " An 'off' route's line stays below the axis."), 12),
+                      description=breaker_description + " An 'off' route's line stays below the axis."), 8),
     )
     lay.row(
         "Decisions",

@@ -30,8 +30,9 @@ from proxy.control.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, mak
 from proxy.control.alertmanager import Reconciler
 from proxy.control.breaker import Breakers
 from proxy.control.plane import ControlPlane
+from proxy.control.probe import Probes
 from proxy.control.reload import ConfigReloader
-from proxy.control.routing import RouteTable
+from proxy.control.routing import Decision, RouteTable
 from proxy.control.state import persisted_key
 from proxy.dataplane.admission import AdmissionControl
 from proxy.dataplane.forward import Forwarder
@@ -39,7 +40,7 @@ from proxy.dataplane.guards import make_request_guard
 from proxy.dataplane.http_log import install_malformed_request_filter
 from proxy.dataplane.instrument import Recorder
 from proxy.dataplane.label_values import CleanedRegistry
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import ErrorType, ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -75,8 +76,14 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     routes = RouteTable(config)
     control = ControlPlane(config, routes, metrics)
     breakers = Breakers(routes, metrics, trip=lambda route: control.rollback(route, "breaker"))
+    probes = Probes(routes, lambda: forwarder.config.decisions, finish=control.end_probe)
+
+    def on_result(decision: Decision, error_type: ErrorType) -> None:
+        breakers.observe(decision, error_type)
+        probes.observe(decision, error_type)
+
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
-                          on_result=breakers.observe)
+                          on_result=on_result)
 
     def apply(new: ProxyConfig, old: ProxyConfig) -> None:
         forwarder.update_config(new)

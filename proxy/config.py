@@ -32,6 +32,9 @@ import yaml
 
 from proxy.common.listen import parse_listen
 from proxy.config_spec import ConfigError, Inputs, Section, Setting, check_keys, mapping
+from proxy.decision_settings import (DEFAULT_DECISIONS, DESCRIPTIONS, LIMITS, DecisionSettings, DecisionSettingsError,
+                                     SequentialSettings, check_ttft_slo, parse_decisions)
+from proxy.metrics import TIME_TO_FIRST_TOKEN
 
 __all__ = ["ADMIN_TOKEN_ENV", "DEFAULT_LISTEN", "DEFAULT_SESSION_SOURCES", "Admission", "BreakerConfig",
            "ConfigError", "ProxyConfig", "RouteConfig", "Timeouts", "config_schema", "load_config",
@@ -68,12 +71,12 @@ class BreakerConfig:
     min_requests: int = 20
     failure_ratio: float = 0.2
     stable_margin: float | None = None  # trip only if canary > stable + margin (when set)
-    # The sequential test (proxy.control.decisions.CanarySPRT) that must say "worse" first.
-    # Set by bench/decisions_sim.py (docs/decisions.md): false trips within 24 h <= 1 % in
-    # every healthy cell, a 50 % canary tripped within a minute at 1 request/s.
-    rate_ratio: float = 5.0  # the least effect worth a rollback: canary failing RR x stable
-    alpha: float = 2e-5  # sets the threshold, log(1/alpha) = 10.8 (with a floor, not a bound)
-    floor: float | None = -4.6  # CUSUM floor of the log-likelihood ratio; null: Wald's plain SPRT
+    # The sequential test (proxy.control.decisions.CanarySPRT) that must say "worse" first;
+    # unset per route, these are `decisions.sequential`'s (one vocabulary, see
+    # proxy.decision_settings), whose defaults bench/decisions_sim.py set.
+    rate_ratio: float = SequentialSettings.rate_ratio
+    alpha: float = SequentialSettings.alpha
+    floor: float | None = SequentialSettings.floor
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class ProxyConfig:
     access_log: bool = True
     metrics_token: str | None = field(default=None, repr=False)
     metrics_listen: str | None = None  # /metrics on its own address (and only there)
+    decisions: DecisionSettings = DEFAULT_DECISIONS
     config_path: str | None = None
 
     def upstream_for(self, model: str) -> str:
@@ -196,6 +200,24 @@ AUTH = Section("auth", "API keys clients must send (Authorization: Bearer); chec
     Setting("api_keys_file", "string", "File of accepted keys, one a line (# starts a comment).", nullable=True),
 ))
 
+def _decision_setting(name: str, default: object) -> Setting:
+    low, high = LIMITS[name]
+    kind = "integer" if isinstance(default, int) and not isinstance(default, bool) else "number"
+    return Setting(name.rsplit(".", 1)[-1], kind, DESCRIPTIONS[name], minimum=low, maximum=high,
+                   nullable=name == "sequential.floor")
+
+
+SEQUENTIAL = Section("sequential", "The sequential test on the stream of failures: the breaker's (a route's "
+                     "`breaker` may override each key) and the rollout gate's.",
+                     tuple(_decision_setting(f"sequential.{n}", getattr(SequentialSettings, n))
+                           for n in ("rate_ratio", "alpha", "floor")), model=SequentialSettings)
+
+DECISIONS = Section("decisions", "The statistical settings of every automatic decision (breaker, rollout gate, "
+                    "report, rollback alerts through `ollama-sidecar generate --config`), one vocabulary; see "
+                    "docs/decisions.md.",
+                    tuple(_decision_setting(n, getattr(DEFAULT_DECISIONS, n)) for n in LIMITS if "." not in n)
+                    + (Setting("sequential", "section", "", section=SEQUENTIAL),), model=DecisionSettings)
+
 ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config file (--config). Every key follows "
                "flag > environment > this file > default, except that OLLAMA_HOST ranks below this file's "
                "upstream. A wrong setting stops start-up (or a reload) with a message naming the key.", (
@@ -242,6 +264,7 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
     Setting("reload_interval", "number", "Seconds between two checks of the config file for changes.",
             minimum=0.1),
     Setting("access_log", "boolean", "One JSON line per request on the ollama_sidecar.access logger."),
+    Setting("decisions", "section", "", section=DECISIONS),
 ), model=ProxyConfig)
 
 
@@ -258,10 +281,12 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
     plain = {s.name: top[s.name] for s in ROOT.settings
              if s.kind not in ("section", "map") and s.name in top and s.name != "session_key_file"}
     metrics = METRICS.read(top.get("metrics"), "metrics", inputs)
+    decisions = _parse_decisions(top.get("decisions"), inputs)
     config = ProxyConfig(
         **plain,
         model_upstreams=_parse_models(top.get("models"), inputs),
-        routes={str(name): _parse_route(str(name), spec, inputs)
+        decisions=decisions,
+        routes={str(name): _parse_route(str(name), spec, inputs, decisions.sequential)
                 for name, spec in mapping(top.get("routes"), "routes").items()},
         timeouts=Timeouts(**TIMEOUTS.read(top.get("timeouts"), "timeouts", inputs)),
         admission=Admission(**ADMISSION.read(top.get("admission"), "admission", inputs)),
@@ -285,16 +310,36 @@ def _parse_models(value: Any, inputs: Inputs) -> dict[str, str]:
     return out
 
 
-def _parse_route(name: str, value: Any, inputs: Inputs) -> RouteConfig:
+def _parse_decisions(value: Any, inputs: Inputs) -> DecisionSettings:
+    given = DECISIONS.read(value, "decisions", inputs)
+    if "sequential" in given:
+        raw = given["sequential"]
+        given["sequential"] = SEQUENTIAL.read(raw, "decisions.sequential", inputs)
+        if isinstance(raw, dict) and "floor" in raw and raw["floor"] is None:
+            given["sequential"]["floor"] = None  # null is a value here: Wald's plain test
+    try:
+        decisions = parse_decisions(given)
+        check_ttft_slo(decisions, TIME_TO_FIRST_TOKEN.buckets)
+    except DecisionSettingsError as exc:
+        raise ConfigError(f"decisions.{exc.key}", exc.message) from None
+    return decisions
+
+
+def _parse_route(name: str, value: Any, inputs: Inputs, sequential: SequentialSettings) -> RouteConfig:
     key = f"routes.{name}"
     route = ROUTE.read(value, key, inputs)
-    breaker = _parse_breaker(route.pop("breaker", None), f"{key}.breaker", inputs)
+    breaker = _parse_breaker(route.pop("breaker", None), f"{key}.breaker", inputs, sequential)
     return RouteConfig(**route, breaker=breaker)
 
 
-def _parse_breaker(value: Any, key: str, inputs: Inputs) -> BreakerConfig:
+def _parse_breaker(value: Any, key: str, inputs: Inputs, sequential: SequentialSettings) -> BreakerConfig:
     given = BREAKER.read(value, key, inputs)
     given.setdefault("enabled", bool(value))  # a breaker with any setting is on unless it says otherwise
+    if isinstance(value, dict) and "floor" in value and value["floor"] is None:
+        given["floor"] = None  # null is a value here: Wald's plain test, not "the default"
+    for name in ("rate_ratio", "alpha", "floor"):  # unset here: the config's decisions.sequential
+        if name not in given:
+            given[name] = getattr(sequential, name)
     return BreakerConfig(**given)
 
 

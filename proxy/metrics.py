@@ -63,9 +63,17 @@ REQUEST_DURATION = MetricSpec(
 )
 TIME_TO_FIRST_TOKEN = MetricSpec(
     "ollama_proxy_time_to_first_token_seconds", "histogram",
-    "Streams: request arrival to the first chunk carrying generated content. Non-stream: "
-    "upstream load_duration + prompt_eval_duration.",
+    "Successful requests that did not wait for a model load (see "
+    "ollama_proxy_model_load_waits_total). Streams: request arrival to the first chunk carrying "
+    "generated content. Non-stream: upstream prompt_eval_duration (+ load_duration).",
     REQUEST_LABELS, TTFT_BUCKETS, "seconds",
+)
+MODEL_LOAD_WAITS = MetricSpec(
+    "ollama_proxy_model_load_waits_total", "counter",
+    "Requests whose upstream load_duration reached decisions.load_wait: they waited for Ollama "
+    "to load the model and are left out of the time to first token histogram (a cold load is "
+    "the scheduler's doing, not the model's). Every route arm's series starts at 0.",
+    ("route", "arm", "model"),
 )
 TIME_PER_OUTPUT_TOKEN = MetricSpec(
     "ollama_proxy_time_per_output_token_seconds", "histogram",
@@ -140,7 +148,8 @@ ROUTE_ROLLED_BACK = MetricSpec(
 )
 ROUTE_CHANGES = MetricSpec(
     "ollama_proxy_route_changes_total", "counter",
-    "Route changes by reason (admin, config, alert:<name>, breaker, reconcile, promote, resume).",
+    "Route changes by reason (admin, config, alert:<name>, breaker, reconcile, promote, resume, probe: "
+    "auto-resume's probe passed or failed).",
     ("route", "reason"),
 )
 BREAKER_CANARY_FAILURE_RATIO = MetricSpec(
@@ -177,7 +186,7 @@ STATE_ERRORS = MetricSpec(
 )
 
 ALL: tuple[MetricSpec, ...] = (
-    REQUESTS, ROUTE_REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, TOKENS,
+    REQUESTS, ROUTE_REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, MODEL_LOAD_WAITS, TIME_PER_OUTPUT_TOKEN, TOKENS,
     UPSTREAM_LOAD_DURATION, UPSTREAM_PROMPT_EVAL_DURATION, UPSTREAM_EVAL_DURATION,
     IN_FLIGHT, QUEUE_LENGTH, SESSION_LABELS, SESSION_LABELS_EVICTED, UNPARSED_LINES,
     BUILD_INFO,
@@ -187,7 +196,7 @@ ALL: tuple[MetricSpec, ...] = (
 )
 
 # Route change reasons besides alert:<alertname>; their series start at 0 for every route.
-ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "resume")
+ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "resume", "probe")
 
 class ErrorType(StrEnum):
     """``error_type``: what went wrong with a request, from the client's point of view
@@ -257,6 +266,7 @@ class ProxyMetrics:
         self.route_requests = m(ROUTE_REQUESTS)
         self.request_duration = m(REQUEST_DURATION)
         self.ttft = m(TIME_TO_FIRST_TOKEN)
+        self.model_load_waits = m(MODEL_LOAD_WAITS)
         self.tpot = m(TIME_PER_OUTPUT_TOKEN)
         self.tokens = m(TOKENS)
         self.load_duration = m(UPSTREAM_LOAD_DURATION)

@@ -30,6 +30,10 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from proxy.decision_settings import (DEFAULT_DECISIONS, DecisionSettings, DecisionSettingsError, check_ttft_slo,
+                                     parse_decisions)
+from proxy.metrics import TIME_TO_FIRST_TOKEN  # the TTFT SLO must be one of its bucket bounds
+
 # --- recording rules: names shared by alerts/ (which define them) and dashboards/ ------------
 
 # Per route and arm, every proxy replica together.
@@ -39,13 +43,18 @@ FAILED_RATIO = "route_arm:ollama_proxy_requests_failed_per_requests:ratio_rate"
 LATENCY_P95 = "route_arm:ollama_proxy_request_duration_seconds:p95"
 TTFT_P95 = "route_arm:ollama_proxy_time_to_first_token_seconds:p95"
 COMPLETION_TOKENS_RATE = "route_arm:ollama_proxy_completion_tokens:rate"
+# Time to first token of successful, warm requests (what the histogram holds), and those
+# over the profile's SLO (decisions.ttft_slo): the latency rollback alert's inputs.
+TTFT_RATE = "route_arm:ollama_proxy_time_to_first_token:rate"
+TTFT_OVER_SLO_RATE = "route_arm:ollama_proxy_time_to_first_token_over_slo:rate"
+TTFT_OVER_SLO_RATIO = "route_arm:ollama_proxy_time_to_first_token_over_slo_per_time_to_first_token:ratio_rate"
 # Per route, all arms together.
 ROUTE_REQUESTS_RATE = "route:ollama_proxy_requests:rate"
 ROUTE_FAILED_RATIO = "route:ollama_proxy_requests_failed_per_requests:ratio_rate"
 
 RECORDED_NAMES: tuple[str, ...] = (
     REQUESTS_RATE, FAILED_RATE, FAILED_RATIO, ROUTE_REQUESTS_RATE, ROUTE_FAILED_RATIO,
-    LATENCY_P95, TTFT_P95, COMPLETION_TOKENS_RATE,
+    LATENCY_P95, TTFT_P95, COMPLETION_TOKENS_RATE, TTFT_RATE, TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO,
 )
 
 
@@ -61,23 +70,17 @@ class Profile:
     # Rate window of every recording rule (what the alerts and the Rollout dashboard see).
     window: str
 
-    # Canary vs stable (drive the automatic rollback).
-    canary_min_rate: float  # req/s an arm needs before its latency counts as evidence
-    # The rollback on failures (chosen by bench/decisions_sim.py, docs/decisions.md): the
-    # canary must have failed at least `canary_min_failures` times in the window, stable's
-    # ratio (never taken below `canary_stable_ratio_floor`) must predict at least
-    # `canary_min_expected_failures` canary failures, and the canary's ratio must exceed
-    # `canary_rate_ratio` x stable's + `canary_error_margin`. With no stable traffic (a
-    # route at 100 %) the absolute `canary_error_ratio` decides instead.
-    canary_min_failures: int
-    canary_min_expected_failures: float
-    canary_rate_ratio: float
-    canary_stable_ratio_floor: float
-    canary_error_ratio: float
-    canary_error_margin: float
+    # Canary vs stable (drive the automatic rollback): the statistical settings, in the one
+    # vocabulary the proxy's breaker, rollout gate and report read (proxy.decision_settings).
+    # The failure alert needs evidence, as bench/decisions_sim.py chose (docs/decisions.md):
+    # at least `min_failures` canary failures in the window, at least `min_expected_failures`
+    # expected at stable's ratio (floored at `stable_ratio_floor`), and a canary ratio above
+    # `rate_ratio` x stable's + `worse_margin`; with no stable traffic (a route at 100 %) the
+    # absolute `max_failure_ratio` decides. The latency alert is the same test on the share of
+    # successful, warm requests whose time to first token exceeds `ttft_slo`, with
+    # `ttft_margin` as its margin.
+    decisions: DecisionSettings
     canary_error_for: str
-    latency_factor: float  # canary p95 must exceed stable p95 × factor…
-    latency_margin_seconds: float  # …and stable p95 + margin (tiny latencies never fire)
     latency_for: str
     # A rolled-back canary gets no traffic, so its alert would resolve by itself; it keeps
     # firing this long after its condition last held, so silence is never read as health.
@@ -108,16 +111,8 @@ PRODUCTION = Profile(
     name="production",
     interval=None,
     window="5m",
-    canary_min_rate=0.1,  # 30 requests in the 5 min window
-    canary_min_failures=6,
-    canary_min_expected_failures=0.5,
-    canary_rate_ratio=3,
-    canary_stable_ratio_floor=0.005,
-    canary_error_ratio=0.05,
-    canary_error_margin=0.01,
+    decisions=DEFAULT_DECISIONS,
     canary_error_for="5m",
-    latency_factor=1.5,
-    latency_margin_seconds=0.5,
     latency_for="5m",
     rollback_keep_firing_for="30m",
     down_for="1m",
@@ -140,18 +135,12 @@ FAST = Profile(
     name="fast",
     interval="1s",
     window="10s",
-    canary_min_rate=0.2,  # 2 requests in the 10 s window
     # A demo's few seconds cannot hold the evidence production asks for: fewer failures
-    # and expected failures, the same comparison with stable.
-    canary_min_failures=3,
-    canary_min_expected_failures=0.1,
-    canary_rate_ratio=3,
-    canary_stable_ratio_floor=0.005,
-    canary_error_ratio=0.1,
-    canary_error_margin=0.05,
+    # and expected failures, the same comparison with stable; the simulator's first tokens
+    # come in well under a second, so its SLO is 1 s.
+    decisions=dataclasses.replace(DEFAULT_DECISIONS, min_failures=3, min_expected_failures=0.1,
+                                  max_failure_ratio=0.1, worse_margin=0.05, ttft_slo=1.0),
     canary_error_for="2s",
-    latency_factor=1.5,
-    latency_margin_seconds=0.2,
     latency_for="3s",
     rollback_keep_firing_for="30s",
     # Prometheus starts scraping up to 5 s after it starts (target updates are batched
@@ -263,13 +252,15 @@ def with_overrides(overrides: Mapping[str, Any], base: MonitoringConfig = DEFAUL
 
     Accepted keys: ``proxy_job``, ``exporter_job``, ``datasource_uid``, ``refresh``,
     ``runbook_base``, ``dashboard_profile``, ``dashboard_uids`` (a mapping of overview,
-    rollout, gpus, sessions) and ``profiles`` (a mapping of profile name -> the
-    :class:`Profile` fields to change). Every error names its key.
+    rollout, gpus, sessions), ``profiles`` (a mapping of profile name -> the
+    :class:`Profile` fields to change; ``decisions`` is a mapping in the proxy config's
+    vocabulary) and ``decisions`` (the production profile's decisions, as the proxy config's
+    ``decisions:`` section, which ``generate --config`` passes here). Every error names its key.
     """
     if not isinstance(overrides, Mapping):
         raise ValueError("overrides: expected a mapping of keys to values")
     simple = {"proxy_job", "exporter_job", "datasource_uid", "refresh", "runbook_base", "dashboard_profile"}
-    known = simple | {"dashboard_uids", "profiles"}
+    known = simple | {"dashboard_uids", "profiles", "decisions"}
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in known:
@@ -278,8 +269,14 @@ def with_overrides(overrides: Mapping[str, Any], base: MonitoringConfig = DEFAUL
             changes[key] = _string(value, key)
         elif key == "dashboard_uids":
             changes[key] = _replace(base.dashboard_uids, value, key, lambda v, where, _: _string(v, where))
-        else:
-            changes[key] = _profiles(base.profiles, value)
+        elif key == "profiles":
+            changes[key] = _profiles(changes.get("profiles", base.profiles), value)
+    if "decisions" in overrides:
+        profiles = dict(changes.get("profiles", base.profiles))
+        production = profiles[PRODUCTION.name]
+        profiles[PRODUCTION.name] = dataclasses.replace(
+            production, decisions=_decisions(overrides["decisions"], production.decisions, "decisions"))
+        changes["profiles"] = profiles
     try:
         return dataclasses.replace(base, **changes)
     except ValueError as exc:
@@ -303,7 +300,19 @@ def _profiles(base: Mapping[str, Profile], value: Any) -> dict[str, Profile]:
     return out
 
 
+def _decisions(value: Any, current: DecisionSettings, where: str) -> DecisionSettings:
+    try:
+        settings = parse_decisions(value, current)
+        check_ttft_slo(settings, TIME_TO_FIRST_TOKEN.buckets)
+    except DecisionSettingsError as exc:
+        key = where if exc.key == "decisions" else f"{where}.{exc.key}"
+        raise ValueError(f"overrides: {key}: {exc.message}") from None
+    return settings
+
+
 def _profile_field(value: Any, where: str, current: Any) -> Any:
+    if isinstance(current, DecisionSettings):
+        return _decisions(value, current, where)
     if isinstance(current, (int, float)) and not isinstance(current, bool):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"overrides: {where} must be a number >= 0, got {value!r}")

@@ -148,8 +148,9 @@ def test_with_auto_resume_both_replicas_resume_when_the_alert_resolves(tmp_path,
                  "B to resume once the alert is gone from Alertmanager (only A resumed: replicas diverge)")
         for p in (a, b):
             state = route_state(p)
-            assert state["weight"] == 50 and state["effective_weight"] == 50  # canary weight restored
-            assert p.value("ollama_proxy_route_canary_weight", route="chat") == 50
+            # On probation: the probe weight until the canary passed its probe (test_probe.py).
+            assert (state["effective_weight"], state["probe_weight_after"]) == (5, 50)
+            assert p.value("ollama_proxy_route_canary_weight", route="chat") == 5
             assert p.value("ollama_proxy_route_rolled_back", route="chat") == 0
 
 

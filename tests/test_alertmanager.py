@@ -140,7 +140,8 @@ def test_a_resolved_alert_resumes_only_with_auto_resume_and_only_once():
     assert handle_alert(plane, resolved["chat"]) == "ignored"
     assert handle_alert(plane, resolved["auto"]) == "applied"
     assert plane.get("chat").rolled_back and not plane.get("auto").rolled_back
-    assert plane.get("auto").weight == 50
+    # On probation: the probe weight until the canary has passed its probe (test_probe.py).
+    assert (plane.get("auto").weight, plane.get("auto").probe_weight_after) == (5, 50)
     assert handle_alert(plane, resolved["auto"]) == "ignored"  # a repeat changes nothing
 
 
@@ -311,4 +312,5 @@ async def test_reconcile_resumes_an_auto_resume_route_once_its_alert_is_gone(ale
     alertmanager.alerts = []
     await r.once(session)
     state = plane.get("chat")
-    assert not state.rolled_back and state.weight == 50 and state.reason == "resume"
+    assert not state.rolled_back and state.reason == "resume"
+    assert (state.weight, state.probe_weight_after) == (5, 50)  # on probation (test_probe.py)

@@ -334,3 +334,36 @@ def test_bad_listen_addresses_are_refused(text):
         parse_listen(text)
     with pytest.raises(ConfigError, match="^listen:"):
         parse_config({"listen": text}, environ={})
+
+
+# --- decisions: one vocabulary of statistical settings ------------------------------------------
+
+def test_decisions_section_sets_the_breakers_sequential_defaults_unless_a_route_overrides_them():
+    config = parse_config({"decisions": {"alpha": 0.01, "sequential": {"rate_ratio": 4, "floor": None}},
+                           "routes": {"a": {"stable": "m", "canary": "c", "breaker": {"min_requests": 5}},
+                                      "b": {"stable": "m", "canary": "c", "breaker": {"rate_ratio": 8}}}},
+                          environ={})
+    assert config.decisions.alpha == 0.01 and config.decisions.failure_margin == 0.02
+    a, b = config.routes["a"].breaker, config.routes["b"].breaker
+    assert (a.rate_ratio, a.alpha, a.floor) == (4.0, 2e-5, None)
+    assert (b.rate_ratio, b.floor) == (8.0, None)
+
+
+@pytest.mark.parametrize("decisions,message", [
+    ({"ttft_slo": 3}, "decisions.ttft_slo: 3 is not a bucket bound"),
+    ({"alpha": 0.7}, "decisions.alpha: must be at most 0.5"),
+    ({"min_failures": 2.5}, "decisions.min_failures"),
+    ({"sequential": {"floor": 1}}, "decisions.sequential.floor: must be at most 0"),
+    ({"margin": 0.1}, "decisions.margin"),
+])
+def test_a_bad_decision_setting_is_refused_naming_its_key(decisions, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"decisions": decisions}, environ={})
+    assert message in str(info.value)
+
+
+def test_a_null_floor_means_walds_plain_test_not_the_default():
+    config = parse_config({"routes": {"a": {"stable": "m", "canary": "c", "breaker": {"floor": None}}}}, environ={})
+    assert config.routes["a"].breaker.floor is None
+    assert parse_config({"routes": {"a": {"stable": "m", "canary": "c", "breaker": {}}}},
+                        environ={}).routes["a"].breaker.floor == -4.6

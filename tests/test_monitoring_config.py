@@ -33,7 +33,7 @@ OVERRIDES = {
     "dashboard_uids": {"overview": "llm-overview", "rollout": "llm-rollout", "gpus": "llm-gpus",
                        "sessions": "llm-sessions"},
     "runbook_base": "https://wiki.example.com/llm-runbooks",
-    "profiles": {"production": {"canary_error_ratio": 0.07, "window": "10m", "gpu_temperature_celsius": 90},
+    "profiles": {"production": {"decisions": {"max_failure_ratio": 0.07}, "window": "10m", "gpu_temperature_celsius": 90},
                  "fast": {"down_for": "20s"}},
 }
 
@@ -193,7 +193,7 @@ def test_no_overrides_is_the_default_config():
     ({"dashboard_uids": {"home": "x"}}, "unknown key dashboard_uids.home"),
     ({"profiles": {"staging": {}}}, "profiles.staging: no such profile"),
     ({"profiles": {"production": {"window": "5 minutes"}}}, "profiles.production.window must be a Prometheus duration"),
-    ({"profiles": {"production": {"canary_error_ratio": "high"}}}, "profiles.production.canary_error_ratio must be a number"),
+    ({"profiles": {"production": {"decisions": {"max_failure_ratio": "high"}}}}, "profiles.production.decisions.max_failure_ratio: must be a number"),
     ({"profiles": {"fast": {"colour": 1}}}, "unknown key profiles.fast.colour"),
     ({"dashboard_profile": "staging"}, "dashboard_profile 'staging' is not one of"),
     (["proxy_job"], "expected a mapping"),

@@ -360,3 +360,24 @@ def test_with_raw_session_labels_the_access_log_still_hides_the_id(httpserver, p
         assert p.value("ollama_proxy_requests_total", session="alice@example.com") == 1  # as configured
     (line,) = [r.getMessage() for r in caplog.records if r.name == "ollama_sidecar.access"]
     assert json.loads(line)["session"] == session_hash("alice@example.com") and "alice" not in line
+
+
+def test_time_to_first_token_counts_successful_warm_requests_and_counts_load_waits_apart(httpserver, proxy_for):
+    """The latency decisions compare the first tokens of requests that succeeded without
+    waiting for a model load: a cold load is the scheduler's doing, a failure's "first
+    token" may be an error."""
+    cold = dict(FINAL_TIMINGS, load_duration=12_500_000_000)  # 12.5 s loading the model
+    warm = chat_chunks(MODEL, ["a", "b"])
+    replies = iter([
+        [ndjson(chat_chunks(MODEL, ["a"], final=cold))],  # waited for a load
+        [ndjson(warm)],  # warm: observed
+        [ndjson(warm[:1]), b'{"error":"an error was encountered while running the model"}\n'],  # failed mid-stream
+    ])
+    httpserver.expect_request("/api/chat").respond_with_handler(lambda r: stream_response(next(replies)))
+    with proxy_for() as p:
+        for _ in range(3):
+            requests.post(f"{p.url}/api/chat", json={"model": MODEL, "messages": []})
+        assert p.value("ollama_proxy_time_to_first_token_seconds_count", endpoint="/api/chat") == 1
+        assert p.value("ollama_proxy_model_load_waits_total", model=f"{MODEL}:latest") == 1
+        assert p.value("ollama_proxy_requests_total", endpoint="/api/chat", error_type="stream_interrupted") == 1
+        assert p.value("ollama_proxy_upstream_load_duration_seconds_count", endpoint="/api/chat") >= 2

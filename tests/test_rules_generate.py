@@ -58,3 +58,19 @@ def test_a_dashboard_the_code_no_longer_makes_is_reported_then_removed(tmp_path,
     assert cli.main(["generate", "--root", str(tmp_path)]) == 0
     assert not old.exists()
     assert cli.main(["generate", "--check", "--root", str(tmp_path)]) == 0
+
+
+def test_generate_config_renders_the_proxy_files_decisions_into_the_production_rules(tmp_path, capsys):
+    """One vocabulary: the rules judge with the proxy config's `decisions:`; the fast
+    profile (the demo) keeps its own."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text("upstream: http://gpu1:11434\ndecisions: {min_failures: 9, ttft_slo: 5, ttft_margin: 0.1}\n")
+    assert cli.main(["generate", "--config", str(config), "--root", str(tmp_path)]) == 0
+    production = (tmp_path / "provisioning/prometheus/rules/ollama-sidecar.rules.yml").read_text()
+    fast = (tmp_path / "provisioning/prometheus/rules-fast/ollama-sidecar.rules.yml").read_text()
+    assert "ratio_rate{arm=\"canary\"}\n" in production and "* 300 >= 9\n" in production
+    assert 'le="5.0"' in production and "0.005) + 0.1\n" in production
+    assert "* 10 >= 3\n" in fast and 'le="1.0"' in fast
+    config.write_text("decisions: {ttft_slo: 3}\n")
+    assert cli.main(["generate", "--config", str(config), "--root", str(tmp_path)]) == 2
+    assert "decisions.ttft_slo: 3 is not a bucket bound" in capsys.readouterr().err

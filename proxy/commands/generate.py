@@ -49,6 +49,23 @@ def load_overrides(path: Path) -> MonitoringConfig:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def with_proxy_decisions(config: MonitoringConfig, path: Path) -> MonitoringConfig:
+    """``config`` with the production profile's decision settings taken from the proxy
+    config file at ``path`` (its ``decisions:`` section, the one vocabulary the breaker, the
+    rollout gate and the report read), so the rules judge as the proxy does. Only that
+    section is read: the file's secrets need not exist where the rules are rendered."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the proxy config: {exc}") from None
+    if not isinstance(data, dict) or data.get("decisions") is None:
+        return config
+    try:
+        return with_overrides({"decisions": data["decisions"]}, config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {str(exc).replace('overrides: ', '', 1)}") from None
+
+
 # Directories whose every file of a kind is generated: a file there that the code no longer
 # produces (a renamed dashboard) is stale and would still be provisioned.
 OWNED_GLOBS = ("provisioning/grafana/dashboards/*.json",)
@@ -76,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                              "datasource_uid, dashboard_uids, refresh, runbook_base, dashboard_profile, "
                              "profiles.<production|fast>.<threshold> (default: none, which renders "
                              "the committed provisioning/ files)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="the proxy's config file: its `decisions:` section (alpha, margins, minimum "
+                             "failures, ttft_slo ...) sets the production rules' decision settings, so the "
+                             "rules and the proxy's breaker and rollout gate share one vocabulary")
 
 
 def drifted(root: Path, files: dict[str, str]) -> list[str]:
@@ -98,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "overrides", None) is not None:
         try:
             config = load_overrides(args.overrides)
+        except ValueError as exc:
+            print(f"ollama-sidecar generate: {exc}", file=sys.stderr)
+            return 2
+    if getattr(args, "config", None) is not None:
+        try:
+            config = with_proxy_decisions(config, args.config)
         except ValueError as exc:
             print(f"ollama-sidecar generate: {exc}", file=sys.stderr)
             return 2

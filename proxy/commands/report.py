@@ -43,7 +43,9 @@ from typing import Any, Callable, Iterable
 import requests
 
 from proxy import metrics as pm
+from proxy.config import ConfigError, load_config
 from proxy.control import decisions
+from proxy.decision_settings import DEFAULT_DECISIONS
 from proxy.control.decisions import Outcome
 
 ARMS = ("stable", "canary")
@@ -54,11 +56,13 @@ FAILURE_TYPES = pm.ARM_FAILURES
 """What counts against an arm: server-side errors, and ``model_not_found``, which on a
 route's arm (the only series the report reads) means that arm's model is missing."""
 
-# Defaults the decision module does not hold (yet: issue 16's config vocabulary will).
-MARGIN = 0.02
-"""Non-inferiority margin: canary − stable, an absolute difference of proportions. 2
-percentage points, as the production rollback alert's ``canary_error_margin``."""
-TTFT_SLO = 2.5
+# Defaults from the one vocabulary of decision settings (the proxy config's `decisions:`,
+# which `--config` reads), so the report judges as the rollout gate does.
+MARGIN = DEFAULT_DECISIONS.failure_margin
+"""Non-inferiority margin: canary − stable, an absolute difference of proportions."""
+LATENCY_MARGIN = DEFAULT_DECISIONS.ttft_margin
+"""Non-inferiority margin of the share of first tokens over the SLO."""
+TTFT_SLO = DEFAULT_DECISIONS.ttft_slo
 """Time to first token (seconds) over which a request counts as slow: a TTFT bucket bound."""
 MIN_REQUESTS = 1
 """Requests each arm needs before any verdict but "inconclusive". The exact tests need no
@@ -82,8 +86,8 @@ Verdicts (defaults in brackets; the tests are those of proxy/control/decisions.p
    and model_not_found (the arm's model is missing); client errors never count.
 "non-inferior" when neither is worse and, for both, the upper one-sided 1 − alpha limit
    of canary − stable (Newcombe's interval) is below --margin ({MARGIN:g}, an absolute
-   difference: 0.02 is 2 percentage points; --latency-margin for the TTFT share,
-   default the same). Not "no significant difference": equal-looking arms with
+   difference: 0.02 is 2 percentage points; --latency-margin ({LATENCY_MARGIN:g}) for the
+   TTFT share). --config FILE takes these defaults from a proxy config's `decisions:`. Not "no significant difference": equal-looking arms with
    little traffic are not a pass.
 "inconclusive: need about N more canary requests" otherwise: N is how many more the
    canary needs, at the observed ratios and request split, to settle it with power
@@ -95,14 +99,14 @@ Sessions: routing is sticky, so the failures of one session are not independent.
 one session holds at least {CLUSTER_SHARE:.0%} of an arm's failures (and {CLUSTER_MIN_FAILURES} or more), the
 verdict says so: the tests count requests as independent, it may be overconfident.
 
-The TTFT histogram includes failed requests and requests that waited for a model
-load (no label separates them yet). Counts come from increase(), which extrapolates
+The TTFT histogram holds successful requests that did not wait for a model load (the
+proxy counts those apart: ollama_proxy_model_load_waits_total). Counts come from increase(), which extrapolates
 to the window's edges; they are rounded to whole requests.
 """
 __doc__ = f"{__doc__}\n{RULES_TEXT}"
 
-TTFT_NOTE = ("TTFT includes failed requests and requests that waited for a model load: "
-             "the histogram has no label to tell them apart yet")
+TTFT_NOTE = ("TTFT counts successful requests that did not wait for a model load; OpenAI-compatible "
+             "replies carry no load time, so their cold loads cannot be left out")
 
 
 class ReportError(Exception):
@@ -115,7 +119,7 @@ class Rules:
 
     alpha: float = decisions.ALPHA
     margin: float = MARGIN
-    latency_margin: float = MARGIN
+    latency_margin: float = LATENCY_MARGIN
     ttft_slo: float = TTFT_SLO
     min_expected: float = decisions.MIN_EXPECTED
     min_requests: int = MIN_REQUESTS
@@ -658,16 +662,19 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--at", metavar="TIME",
                         help="evaluate at this time (unix seconds or RFC 3339) instead of now")
     parser.add_argument("--json", action="store_true", help="print JSON (stable keys) instead of a table")
-    parser.add_argument("--alpha", type=float, default=defaults.alpha,
+    parser.add_argument("--alpha", type=float, default=None,
                         help=f"one-sided level of the 'worse' tests and of the non-inferiority limit "
                              f"(default: {defaults.alpha:g})")
-    parser.add_argument("--margin", type=float, default=defaults.margin,
+    parser.add_argument("--margin", type=float, default=None,
                         help="non-inferiority margin on the failure ratio, canary − stable as an absolute "
                              f"difference (default: {defaults.margin:g}, i.e. {defaults.margin * 100:g} points)")
     parser.add_argument("--latency-margin", type=float, default=None,
                         help="non-inferiority margin on the share of requests over --ttft-slo, absolute "
-                             "(default: --margin)")
-    parser.add_argument("--ttft-slo", type=float, default=defaults.ttft_slo, metavar="SECONDS",
+                             f"(default: {defaults.latency_margin:g})")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the proxy's config file: its `decisions:` section gives the defaults of "
+                             "--alpha, --margin, --latency-margin and --ttft-slo")
+    parser.add_argument("--ttft-slo", type=float, default=None, metavar="SECONDS",
                         help="time to first token over which a request counts as slow; a bucket bound of "
                              f"the TTFT histogram (default: {defaults.ttft_slo:g})")
     parser.add_argument("--min-expected", type=float, default=defaults.min_expected,
@@ -681,9 +688,21 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def rules_from(args: argparse.Namespace) -> Rules:
-    """The options as :class:`Rules`, checked; ``--latency-margin`` defaults to ``--margin``."""
-    latency_margin = args.margin if args.latency_margin is None else args.latency_margin
-    rules = Rules(args.alpha, args.margin, latency_margin, args.ttft_slo, args.min_expected, args.min_requests)
+    """The options as :class:`Rules`, checked: an option given wins, then the config file's
+    ``decisions:`` (``--config``), then the defaults of the one vocabulary."""
+    settings = DEFAULT_DECISIONS
+    if getattr(args, "config", None):
+        try:
+            settings = load_config(args.config, environ={}).decisions
+        except ConfigError as exc:
+            raise ReportError(f"--config {args.config}: {exc}") from None
+
+    def pick(given: float | None, default: float) -> float:
+        return default if given is None else given
+
+    rules = Rules(pick(args.alpha, settings.alpha), pick(args.margin, settings.failure_margin),
+                  pick(args.latency_margin, settings.ttft_margin), pick(args.ttft_slo, settings.ttft_slo),
+                  args.min_expected, args.min_requests)
     rules.check()
     return rules
 

@@ -134,7 +134,7 @@ def handle_alert(control: ControlPlane, alert: Alert, *, via: str = "alert") -> 
     if alert_decision(state, alert.name, firing=False) == "resume" \
             and control.remember_alert(alert.key + "/resolved"):
         try:
-            control.resume(route, "resume")
+            control.resume(route, "resume", probe=True)
         except RouteError:
             return "duplicate"
         return "applied"
@@ -154,10 +154,10 @@ def resume_resolved(control: ControlPlane, active: list[Alert], *, now: float, g
         if (name, alertname) in still or alert_decision(state, alertname, firing=False) != "resume":
             continue
         try:
-            control.resume(name, "resume")
+            control.resume(name, "resume", probe=True)
         except RouteError:
             continue
-        log.info("route %s: alert %s is no longer active in Alertmanager; resumed (auto_resume)",
+        log.info("route %s: alert %s is no longer active in Alertmanager; resumed on probation (auto_resume)",
                  name, alertname)
         resumed.append(name)
     return resumed

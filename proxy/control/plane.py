@@ -26,7 +26,8 @@ from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, Arm, ErrorTy
 
 log = logging.getLogger("ollama_sidecar.control")
 
-PERSISTED_FIELDS = ("stable", "canary", "weight", "rolled_back", "reason", "since", "weight_before_rollback")
+PERSISTED_FIELDS = ("stable", "canary", "weight", "rolled_back", "reason", "since", "weight_before_rollback",
+                    "probe_weight_after")
 
 
 def _finite(value: Any) -> bool:
@@ -43,7 +44,7 @@ def validate_state(data: dict[str, Any]) -> None:
             raise ValueError(f"{where}.stable is not a model name")
         if fields.get("canary") is not None and not isinstance(fields["canary"], str):
             raise ValueError(f"{where}.canary is not a model name")
-        for key, optional in (("weight", False), ("weight_before_rollback", True)):
+        for key, optional in (("weight", False), ("weight_before_rollback", True), ("probe_weight_after", True)):
             value = fields.get(key)
             if (value is None and not optional) or (value is not None and (not _finite(value) or not 0 <= value <= 100)):
                 raise ValueError(f"{where}.{key} is not a weight between 0 and 100")
@@ -149,6 +150,7 @@ class ControlPlane:
             if model:
                 for error_type in (ErrorType.NONE, *sorted(SERVER_SIDE_ERRORS)):
                     m.route_requests.labels(state.name, arm, canonical_model(model), error_type)
+                m.model_load_waits.labels(state.name, arm, canonical_model(model))
         for reason in ROUTE_CHANGE_REASONS:
             m.route_changes.labels(state.name, reason)
         m.route_canary_weight.labels(state.name).set(state.effective_weight)
@@ -184,7 +186,10 @@ class ControlPlane:
             new_weight = 0.0
         if new_canary is None and new_weight > 0:
             raise RouteError(400, f"route {name!r} has no canary: cannot send {new_weight:g}% to it")
-        new = replace(state, stable=stable or state.stable, canary=new_canary, weight=new_weight)
+        # An operator's change ends a running probe: what they set is what they want.
+        new = replace(state, stable=stable or state.stable, canary=new_canary, weight=new_weight,
+                      probe_weight_after=None if weight is not None or new_canary != state.canary
+                      else state.probe_weight_after)
         if new.rolled_back and weight is not None:
             # Still rolled back: the new weight is what `resume` will restore.
             new = replace(new, weight=0.0, weight_before_rollback=new_weight)
@@ -195,24 +200,43 @@ class ControlPlane:
         state = self.get(name)
         if state.rolled_back:
             return state, False
-        new = replace(state, rolled_back=True, weight_before_rollback=state.weight, weight=0.0)
+        # A probe that fails goes back to where the rollback before it left off.
+        before = state.weight if state.probe_weight_after is None else state.probe_weight_after
+        new = replace(state, rolled_back=True, weight_before_rollback=before, weight=0.0, probe_weight_after=None)
         return self._commit(new, reason), True
 
-    def resume(self, name: str, reason: str = "resume") -> RouteState:
+    def resume(self, name: str, reason: str = "resume", *, probe: bool = False) -> RouteState:
+        """Undo a rollback. With ``probe`` (auto-resume) the canary first gets at most
+        ``decisions.probe_weight`` % until the probe passes (:mod:`proxy.control.probe`)."""
         state = self.get(name)
         if not state.rolled_back:
             raise RouteError(409, f"route {name!r} is not rolled back")
         restored = state.weight_before_rollback if state.weight_before_rollback is not None else state.weight
-        new = replace(state, rolled_back=False, weight=restored if state.canary else 0.0,
-                      weight_before_rollback=None)
+        restored = restored if state.canary else 0.0
+        probe_weight = self.config.decisions.probe_weight
+        if probe and restored > probe_weight:
+            new = replace(state, rolled_back=False, weight=probe_weight, weight_before_rollback=None,
+                          probe_weight_after=restored)
+        else:
+            new = replace(state, rolled_back=False, weight=restored, weight_before_rollback=None)
         return self._commit(new, reason)
+
+    def end_probe(self, name: str, passed: bool, why: str) -> None:
+        """The probe's verdict: the canary's weight back, or a rollback (reason ``probe``)."""
+        state = self.routes.routes.get(name)
+        if state is None or state.probe_weight_after is None or state.rolled_back:
+            return
+        if passed:
+            self._commit(replace(state, weight=state.probe_weight_after, probe_weight_after=None), "probe")
+        else:
+            self.rollback(name, "probe")
 
     def promote(self, name: str) -> RouteState:
         state = self.get(name)
         if not state.canary:
             raise RouteError(409, f"route {name!r} has no canary to promote")
         new = replace(state, stable=state.canary, canary=None, weight=0.0, rolled_back=False,
-                      weight_before_rollback=None)
+                      weight_before_rollback=None, probe_weight_after=None)
         return self._commit(new, "promote")
 
     # --- alerts -----------------------------------------------------------------------------

@@ -42,6 +42,9 @@ class RouteState:
     reason: str = "config"
     since: float = field(default_factory=time.time)
     weight_before_rollback: float | None = None
+    # Auto-resume's probe (proxy.control.probe): the weight the canary gets back once it
+    # passed; None when no probe runs.
+    probe_weight_after: float | None = None
     auto_resume: bool = False
     session_sources: tuple[str, ...] | None = None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)

@@ -64,6 +64,7 @@ class Recorder:
         # Models asked for directly, by name: a client could invent any number of them.
         self.model_label_cap = config.model_label_cap
         self.access_log = config.access_log
+        self.load_wait = config.decisions.load_wait
         self._direct_models: set[str] = set()
         # session label -> label tuples it was used with, per metric
         self._request_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
@@ -143,13 +144,22 @@ class Recorder:
                 if value is not None:
                     hist.labels(*base).observe(value)
             if ENDPOINTS[rec.endpoint].generates:
-                self._timings(base, stats, rec.start)
+                self._timings(base, stats, rec.start, rec.error_type == ErrorType.NONE)
             if self.access_log:
                 self._log(rec)
 
-    def _timings(self, base: tuple[str, ...], stats: ReplyStats, start: float) -> None:
+    def _timings(self, base: tuple[str, ...], stats: ReplyStats, start: float, succeeded: bool) -> None:
+        """Time to first token of successful requests that did not wait for a model load,
+        so that the latency decisions compare like with like: a failed request's "first
+        token" may be an error, and a cold load measures Ollama's scheduler, not the model.
+        The loads are counted apart. (OpenAI-compatible replies carry no load_duration:
+        their loads cannot be told apart and stay in.)"""
         m = self.metrics
-        if stats.first_content_at is not None:
+        if stats.load_duration is not None and stats.load_duration >= self.load_wait:
+            m.model_load_waits.labels(*base[1:]).inc()
+        elif not succeeded:
+            pass
+        elif stats.first_content_at is not None:
             m.ttft.labels(*base).observe(stats.first_content_at - start)
         elif stats.load_duration is not None or stats.prompt_eval_duration is not None:
             # Non-stream reply: the upstream's own account of time before the first token.
