@@ -33,6 +33,16 @@ PROXY_OVERLOADED = "OllamaProxyOverloaded"
 HIGH_ERROR_RATE = "OllamaHighErrorRate"
 SLOW_TTFT = "OllamaSlowTimeToFirstToken"
 ROUTE_ROLLED_BACK = "OllamaRouteRolledBack"
+GPU_UNREADABLE = "OllamaGPUUnreadable"
+NVML_STALE = "OllamaNVMLStale"
+GPU_XID_ERRORS = "OllamaGPUXidErrors"
+GPU_THROTTLED = "OllamaGPUThrottled"
+ROLLOUT_STALLED = "OllamaRolloutStalled"
+ROLLOUT_FAILED = "OllamaRolloutFailed"
+
+# Clock-event reasons that mean heat or hardware holds the clocks down (not the power cap a
+# busy GPU sits at, nor idle).
+THROTTLE_REASONS_RE = "hw_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown|sw_thermal_slowdown"
 
 ROLLBACK_ALERTS = (CANARY_ERROR_RATE_HIGH, CANARY_LATENCY_REGRESSION)
 
@@ -235,6 +245,65 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
             "Slow first token on route {{ $labels.route }} ({{ $labels.arm }})",
             "p95 time to first token on route {{ $labels.route }}, arm {{ $labels.arm }}, is "
             f"{{{{ $value | humanizeDuration }}}} over {p.window} (threshold {p.ttft_p95_seconds:g}s).",
+            u.rollout, ("route",),
+        ),
+        Alert(
+            GPU_UNREADABLE, f"min by (job, instance, gpu, uuid) ({em.GPU_UP.name}{{{exporter}}}) == 0",
+            p.gpu_unreadable_for, "warning",
+            "GPU {{ $labels.uuid }} on {{ $labels.instance }} cannot be read by NVML",
+            "NVML reads of GPU {{ $labels.uuid }} (NVML index {{ $labels.gpu }}) have failed for "
+            f"{p.gpu_unreadable_for} with a real error (not 'not supported'), or the GPU is lost. "
+            f"{em.NVML_ERRORS.name} of this uuid names the call and the error.",
+            u.gpus,
+        ),
+        Alert(
+            NVML_STALE, f"max by (job, instance) ({em.NVML_STALE.name}{{{exporter}}}) == 1", p.nvml_stale_for,
+            "critical",
+            "NVML hangs on {{ $labels.instance }}: GPU metrics are missing",
+            "NVML reads have not finished within the exporter's deadline for "
+            f"{p.nvml_stale_for}: a wedged driver. Ollama's series are still served; the GPU series are not.",
+            u.gpus,
+        ),
+        Alert(
+            GPU_XID_ERRORS,
+            f"max by (job, instance, gpu, uuid) (increase({em.GPU_XID_ERRORS.name}{{{exporter}}}[{p.gpu_xid_window}])) > 0\n"
+            f"or max by (job, instance, gpu, uuid) ({em.GPU_ROW_REMAP_FAILED.name}{{{exporter}}}) == 1",
+            "0s", "warning",
+            "GPU {{ $labels.uuid }} on {{ $labels.instance }} reported XID errors or a failed row remap",
+            f"XID critical errors in the last {p.gpu_xid_window} (the last code is {em.GPU_LAST_XID.name} of this "
+            "uuid), or a row remap failed. Hardware XIDs "
+            "(48, 63, 64, 74, 79, 92-95) or a failed remap: drain the host and reset the GPU.",
+            u.gpus,
+        ),
+        Alert(
+            GPU_THROTTLED,
+            f"max by (job, instance, gpu, uuid) ({em.GPU_CLOCK_EVENT_REASON.name}"
+            f'{{{exporter}, reason=~"{THROTTLE_REASONS_RE}"}}) == 1',
+            p.gpu_throttled_for, "warning",
+            "GPU {{ $labels.uuid }} on {{ $labels.instance }} is throttled by heat or hardware",
+            f"A thermal, hardware or power-brake clock-event reason has been active for {p.gpu_throttled_for}; "
+            "the SM clock is held down and tokens/s drop (the power cap and idle do not fire this).",
+            u.gpus,
+        ),
+        Alert(
+            ROLLOUT_STALLED, f'max by (route) ({pm.ROLLOUT_PHASE.name}{{{proxy}, phase="stalled"}}) == 1',
+            p.rollout_stalled_for, "warning",
+            "Rollout on route {{ $labels.route }} is stalled",
+            "The progressive rollout on route {{ $labels.route }} needs more canary traffic than it will get "
+            "within its stall_after at the current rate: it holds its step. `ollama-sidecar rollout status "
+            "{{ $labels.route }}` says what it still needs.",
+            u.rollout, ("route",),
+        ),
+        Alert(
+            ROLLOUT_FAILED,
+            f'max by (route) ({pm.ROLLOUT_PHASE.name}{{{proxy}, phase="failed"}}) == 1\n'
+            f"and on (route) max by (route) (changes({pm.ROLLOUT_PHASE.name}"
+            f'{{{proxy}, phase="failed"}}[{p.rollout_failed_window}])) > 0',
+            "0s", "warning",
+            "Rollout on route {{ $labels.route }} ended in a rollback",
+            "The progressive rollout on route {{ $labels.route }} failed in the last "
+            f"{p.rollout_failed_window}: its gate, an alert, the breaker or an operator rolled the route back "
+            "to stable. `ollama-sidecar rollout status {{ $labels.route }}` shows the check and the numbers.",
             u.rollout, ("route",),
         ),
         Alert(

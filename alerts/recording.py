@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from prometheus_client.utils import floatToGoString
 
+from exporter import metrics as em
 from proxy import metrics as pm
 from proxy.monitoring import (  # noqa: F401  (re-exported: the rule names' one home is proxy.monitoring)
-    COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, LATENCY_P95, RECORDED_NAMES, REQUESTS_RATE,
-    ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE, TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO, TTFT_P95, TTFT_RATE,
-    MonitoringConfig, Profile)
+    COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, HOST_COMPLETION_TOKENS_RATE, HOST_ENERGY_PER_TOKEN,
+    HOST_GPU_POWER, LATENCY_P95, RECORDED_NAMES, REQUESTS_RATE, ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE,
+    TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO, TTFT_P95, TTFT_RATE, MonitoringConfig, Profile)
 
 # error_type values that count against an arm, as a regex matcher value (sorted: stable output).
 SERVER_SIDE_ERRORS_RE = "|".join(sorted(pm.SERVER_SIDE_ERRORS))
@@ -69,6 +70,14 @@ def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> lis
             "record": COMPLETION_TOKENS_RATE,
             "expr": f'sum by (host, route, arm) (rate({pm.TOKENS.name}{{{job}, kind="completion"}}[{w}]))',
         },
+        # Energy per generated token, per host: every GPU's energy counter on the host over the
+        # tokens the host's proxy saw generated. A host's GPUs also burn power idle and for
+        # other work, so this is the energy cost of a token on that box, not of the model alone.
+        {"record": HOST_GPU_POWER,
+         "expr": f"sum by (host) (rate({em.GPU_ENERGY.name}{{{config.exporter_selector}}}[{profile.exporter_window}]))"},
+        {"record": HOST_COMPLETION_TOKENS_RATE, "expr": f"sum by (host) ({COMPLETION_TOKENS_RATE})"},
+        {"record": HOST_ENERGY_PER_TOKEN,
+         "expr": f"{HOST_GPU_POWER}\n/ on (host)\n({HOST_COMPLETION_TOKENS_RATE} > 0)"},
     ]
 
 

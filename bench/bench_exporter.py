@@ -31,8 +31,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.app import Exporter  # noqa: E402
+from exporter.fake_nvml import FakeGpu, FakeNvml, FakeProcess, GiB  # noqa: E402
 from exporter.server import make_http_server  # noqa: E402
-from exporter.fake_nvml import GiB, FakeGpu, FakeNvml, FakeProcess  # noqa: E402
 
 TARGET_P99 = 0.020
 # What Prometheus 2.x sends: OpenMetrics preferred, gzip accepted.

@@ -13,7 +13,8 @@ from grafanalib import core as g
 from dashboards import common as c
 from exporter import metrics as em
 from proxy import metrics as pm
-from proxy.monitoring import DEFAULT, MonitoringConfig
+from proxy.monitoring import (DEFAULT, HOST_COMPLETION_TOKENS_RATE, HOST_ENERGY_PER_TOKEN, HOST_GPU_POWER,
+                              MonitoringConfig)
 
 GPU_LEGEND = "GPU {{gpu}} ({{instance}})"
 PER_GPU = "NVML reports per GPU and process, and every loaded model shares the GPUs."
@@ -108,6 +109,59 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
         (gpu(c.timeseries("VRAM per process", (f"{em.GPU_PROCESS_MEMORY.name}{{{INST}}}",
                                                "{{process}} ({{pid}}) on GPU {{gpu}}"), "bytes",
                           no_value=c.NO_GPU)), 12),
+    )
+    UUID_LEGEND = "GPU {{gpu}} {{uuid}} ({{instance}})"
+    lay.row(
+        "GPU errors, clocks and accounting",
+        (gpu(c.timeseries("GPUs that cannot be read", [
+            (f"{em.GPU_UP.name}{{{INST}}}", "up " + UUID_LEGEND),
+            (f"{em.NVML_STALE.name}{{{INST}}}", "NVML stale ({{instance}})"),
+            (f"increase({em.NVML_READ_TIMEOUTS.name}{{{INST}}}[{c.RATE}])", "NVML read timeouts ({{instance}})"),
+        ], "short", no_value=c.NO_GPU,
+            description=f"gpu_up 0: a real NVML error (not 'not supported') or a lost GPU; which call fails with "
+                        f"which error is in {em.NVML_ERRORS.name}{{uuid=...}} (no series while all is well, so "
+                        f"not drawn here). NVML stale 1: a hung driver call, GPU series absent meanwhile. "
+                        f"Find the card by uuid: the NVML index is not the CUDA index.")), 6),
+        (gpu(c.timeseries("Clocks and throttle reasons", [
+            (f"{em.GPU_SM_CLOCK.name}{{{INST}}}", "SM " + GPU_LEGEND),
+            (f"{em.GPU_CLOCK_EVENT_REASON.name}{{{INST}}} * on (instance, uuid) group_left "
+             f"{em.GPU_SM_CLOCK.name}{{{INST}}}", "{{reason}} " + GPU_LEGEND),
+        ], "hertz", no_value=c.NO_GPU,
+            description="The SM clock, and one line at the clock for each active clock-event (throttle) reason: "
+                        "sw_power_cap and gpu_idle are normal; hw_slowdown, *_thermal_slowdown and "
+                        "hw_power_brake_slowdown cost tokens/s.")), 6),
+        (gpu(c.timeseries("ECC, XID and row remapping", [
+            (f"increase({em.GPU_XID_ERRORS.name}{{{INST}}}[{c.RATE}])", "XID errors " + GPU_LEGEND),
+            (f'increase({em.GPU_ECC_ERRORS.name}{{{INST}, error_type="uncorrected", counter="volatile"}}[{c.RATE}])',
+             "uncorrected ECC " + GPU_LEGEND),
+            (f"{em.GPU_ROW_REMAP_PENDING.name}{{{INST}}} + 2 * {em.GPU_ROW_REMAP_FAILED.name}{{{INST}}}",
+             "row remap (1 pending, 2+ failed) " + GPU_LEGEND),
+        ], "short", no_value=c.NO_GPU,
+            description=f"Absent on GPUs without ECC or XID events (most GeForce cards). The last XID code is "
+                        f"{em.GPU_LAST_XID.name} (no series until one arrives).")), 6),
+        (gpu(c.timeseries("VRAM Ollama accounts for vs in use", [
+            (f"sum by (instance) ({em.OLLAMA_MODEL_VRAM.name}{{{INST}}})", "Ollama's models ({{instance}})"),
+            (f"sum by (instance) ({em.GPU_MEMORY_USED.name}{{{INST}}})", "in use ({{instance}})"),
+            (f"sum by (instance) ({em.GPU_MEMORY_FREE.name}{{{INST}}})", "free ({{instance}})"),
+        ], "bytes", no_value=c.NO_GPU,
+            description="The gap between 'in use' and Ollama's models is memory held by CUDA contexts or other "
+                        "processes. A model spilled to the CPU (VRAM ratio < 100 %) while 'free' is larger than "
+                        "the spilled part points at configuration (num_gpu, OLLAMA_GPU_OVERHEAD, context), "
+                        "not a full GPU.")), 6),
+    )
+    lay.row(
+        "Energy",
+        (c.timeseries("Energy per generated token, per host",
+                      (f"{HOST_ENERGY_PER_TOKEN}", "{{host}}"), "suffix: J/token",
+                      description="Every GPU's energy on the host over the completion tokens the host's proxy saw "
+                                  "generated (recording rule, per `host` target label). It charges idle power and "
+                                  "any other GPU work to the tokens: the cost of a token on this box, not of one "
+                                  "model. Lower is better; it rises when the GPUs idle between requests."), 12),
+        (c.timeseries("GPU power and completion tokens, per host", [
+            (f"{HOST_GPU_POWER}", "GPU power {{host}}"),
+            (f"{HOST_COMPLETION_TOKENS_RATE}", "tokens/s {{host}}"),
+        ], "short", description="The two sides of the ratio: watts (J/s) on the hosts' GPUs, completion "
+                                "tokens/s through the hosts' proxies."), 12),
     )
     return c.dashboard(
         config, config.dashboard_uids.gpus, "Ollama sidecar / Ollama and GPUs",

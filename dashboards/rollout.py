@@ -110,6 +110,26 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
                 "short", steps=c.thresholds(("green", None), ("orange", 1))), 6),
         height=4,
     )
+    phase, step = pm.ROLLOUT_PHASE.name, pm.ROLLOUT_STEP.name
+    lay.row(
+        "Progressive rollout",
+        (c.table("Rollout phase and step", [
+            (f"max by (route, phase) ({phase}{{{ROUTE}}}) == 1", "Phase"),
+        ], "none", description="The current phase of each route's rollout (idle: none ever ran; succeeded or "
+                               "failed: the last one). `ollama-sidecar rollout status ROUTE` has the details."), 6),
+        (c.timeseries("Canary weight and rollout step", [
+            (f"max by (route) ({pm.ROUTE_CANARY_WEIGHT.name}{{{ROUTE}}})", "weight % {{route}}"),
+            (f"max by (route) ({step}{{{ROUTE}}})", "step {{route}}"),
+        ], "short", description="The weight climbs one step at a time while the canary stays healthy; a drop "
+                                "to 0 is a rollback (the annotations say whose)."), 9),
+        (c.timeseries("Rollout checks: canary and stable over the rollout, and the limits", [
+            (f"max by (route, check, arm) ({pm.ROLLOUT_CHECK_VALUE.name}{{{ROUTE}}})\n"
+             f"or max by (route, check, limit) ({pm.ROLLOUT_CHECK_LIMIT.name}{{{ROUTE}}})",
+             "{{route}} {{check}} {{arm}}{{limit}}"),
+        ], "percentunit", description="Each check's ratio over the whole rollout per arm (failure ratio; share "
+                                      "of first tokens over the SLO), the absolute limit `max` and the margin "
+                                      "`max_over_stable` the last move to 100 % must be within."), 9),
+    )
     lay.row(
         "Traffic",
         (c.timeseries("Traffic share by arm",

@@ -42,6 +42,7 @@ class LoadedModel:
     size_vram: int | None
     expires_at: float | None
     context_length: int | None
+    digest: str | None = None  # the manifest digest: with the name, fixes the model's blobs
 
     @property
     def vram_ratio(self) -> float | None:
@@ -80,6 +81,7 @@ def parse_ps(body: Any) -> list[LoadedModel]:
             size_vram=_count(entry.get("size_vram")),
             expires_at=parse_rfc3339(entry.get("expires_at")),
             context_length=_count(entry.get("context_length")),
+            digest=entry.get("digest") if isinstance(entry.get("digest"), str) else None,
         )
         for entry in _model_entries(body, "/api/ps")
     ]

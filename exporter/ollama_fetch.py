@@ -95,6 +95,18 @@ class OllamaFetcher:
         self._account(snapshot)
         return snapshot
 
+    def show_modelfile(self, model: str) -> str | None:
+        """``POST /api/show``'s ``modelfile`` (its ``FROM`` lines name the model's blobs),
+        or None when Ollama does not answer it properly: the caller tries again later."""
+        try:
+            reply = self._http.request("POST", self.base_url + "/api/show", body=json.dumps({"model": model}),
+                                       headers={"Content-Type": "application/json"})
+            body = json.loads(reply.data) if reply.status == 200 else None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return None
+        modelfile = body.get("modelfile") if isinstance(body, dict) else None
+        return modelfile if isinstance(modelfile, str) else None
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.clear()

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="Ollama's URL (default: OLLAMA_HOST read the way Ollama reads it, else http://127.0.0.1:11434)")
     parser.add_argument(
         "--timeout", type=_positive, default=3.0, metavar="SECONDS",
-        help="the most a scrape waits for Ollama's three API calls together (default 3)")
+        help="the most a scrape waits for Ollama's three API calls together, and for NVML (default 3)")
     parser.add_argument(
         "--cache", type=_non_negative, default=1.0, metavar="SECONDS",
         help="reuse a fetch for scrapes within this many seconds; 0 fetches every scrape (default 1)")

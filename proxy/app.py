@@ -26,21 +26,24 @@ from proxy.common.bearer import token_matches
 from proxy.common.jsonutil import parse_json
 from proxy.common.listen import parse_listen
 from proxy.config import ProxyConfig
-from proxy.control.admin import BREAKERS, CONTROL, RELOAD, add_admin_routes, make_auth_middleware
+from proxy.control.admin import (BREAKERS, CONTROL, RELOAD, ROLLOUTS, UPSTREAM_SESSION, add_admin_routes,
+                                 make_auth_middleware)
 from proxy.control.alertmanager import Reconciler
 from proxy.control.breaker import Breakers
+from proxy.control.notify import Notifier
 from proxy.control.plane import ControlPlane
 from proxy.control.probe import Probes
 from proxy.control.reload import ConfigReloader
+from proxy.control.rollout import Rollouts
 from proxy.control.routing import Decision, RouteTable
 from proxy.control.state import persisted_key
 from proxy.dataplane.admission import AdmissionControl
 from proxy.dataplane.forward import Forwarder
 from proxy.dataplane.guards import make_request_guard
 from proxy.dataplane.http_log import install_malformed_request_filter
-from proxy.dataplane.instrument import Recorder
+from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.label_values import CleanedRegistry
-from proxy.metrics import ErrorType, ProxyMetrics
+from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -77,10 +80,13 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     control = ControlPlane(config, routes, metrics)
     breakers = Breakers(routes, metrics, trip=lambda route: control.rollback(route, "breaker"))
     probes = Probes(routes, lambda: forwarder.config.decisions, finish=control.end_probe)
+    notifier = Notifier(metrics, lambda: forwarder.config.notify_url, lambda: forwarder.config.notify_timeout)
+    rollouts = Rollouts(control, metrics, lambda: forwarder.config.decisions, notify=notifier.send)
 
-    def on_result(decision: Decision, error_type: ErrorType) -> None:
-        breakers.observe(decision, error_type)
-        probes.observe(decision, error_type)
+    def on_result(decision: Decision, rec: RequestRecord) -> None:
+        breakers.observe(decision, rec.error_type)
+        probes.observe(decision, rec.error_type)
+        rollouts.observe(decision, rec)
 
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
                           on_result=on_result)
@@ -105,6 +111,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     app[DRAIN] = Drain()
     app[CONTROL] = control
     app[BREAKERS] = breakers
+    app[ROLLOUTS] = rollouts
+    app[UPSTREAM_SESSION] = lambda: forwarder.session
     app[RELOAD] = reloader.reload if reloader else (lambda: (False, "no config file to reload (start with --config)"))
 
     async def lifecycle(app: web.Application):
@@ -119,12 +127,18 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
                                     config.reconcile_grace)
             assert forwarder.session is not None
             tasks.append(asyncio.create_task(reconciler.run(forwarder.session)))
+        notifier.session = forwarder.session
+        tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
+                                                      lambda: forwarder.session)))
         yield
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for task in list(notifier.tasks):
+            task.cancel()
+        control.save()  # the rollouts' latest evidence
         await forwarder.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -135,6 +149,21 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
+
+
+async def run_rollouts(rollouts: Rollouts, interval: Callable[[], float],
+                       session: Callable[[], aiohttp.ClientSession | None]) -> None:
+    """The rollouts' analysis, every ``rollout_tick``: off the request path, and a bug in
+    it is logged, never fatal (the request path goes on; the next tick tries again)."""
+    while True:
+        await asyncio.sleep(interval())
+        try:
+            http = session()
+            if http is not None:
+                await rollouts.refresh(http)
+            rollouts.tick()
+        except Exception:
+            log.exception("rollout analysis failed; retrying at the next tick")
 
 
 def on_listener(request: web.Request, listen: str) -> bool:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollback": ("proxy.commands.ctl", "send a route's traffic back to its stable model"),
     "promote": ("proxy.commands.ctl", "make a route's canary its stable model"),
     "resume": ("proxy.commands.ctl", "clear a rollback and restore the canary weight"),
+    "rollout": ("proxy.commands.rollout_ctl", "progressive rollout: start|status|pause|resume|promote|abort"),
     "session-label": ("proxy.commands.ctl", "the session label a running proxy gives a session or user id"),
     "report": ("proxy.commands.report", "A/B report of a route's canary against stable from Prometheus"),
     "simulate": ("proxy.simulator.server", "run an Ollama API simulator (no GPU needed)"),

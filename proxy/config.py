@@ -32,8 +32,8 @@ import yaml
 
 from proxy.common.listen import parse_listen
 from proxy.config_spec import ConfigError, Inputs, Section, Setting, check_keys, mapping
-from proxy.decision_settings import (DEFAULT_DECISIONS, DESCRIPTIONS, LIMITS, DecisionSettings, DecisionSettingsError,
-                                     SequentialSettings, check_ttft_slo, parse_decisions)
+from proxy.decision_settings import (DEFAULT_DECISIONS, DESCRIPTIONS, DURATIONS, LIMITS, DecisionSettings,
+                                     DecisionSettingsError, SequentialSettings, check_ttft_slo, parse_decisions)
 from proxy.metrics import TIME_TO_FIRST_TOKEN
 
 __all__ = ["ADMIN_TOKEN_ENV", "DEFAULT_LISTEN", "DEFAULT_SESSION_SOURCES", "Admission", "BreakerConfig",
@@ -79,6 +79,50 @@ class BreakerConfig:
     floor: float | None = SequentialSettings.floor
 
 
+PAUSE = "pause"
+
+
+@dataclass(frozen=True)
+class RolloutCheck:
+    """One check of a rollout: the canary's ratio against ``max`` (absolute, broken only
+    with significance) and against stable's (``max_over_stable``: the non-inferiority margin
+    of the last move, to 100 %). ``slo`` is the TTFT check's threshold in seconds."""
+
+    max: float | None = None
+    max_over_stable: float = 0.02
+    slo: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """A route's progressive rollout (proxy.control.rollout)."""
+
+    steps: tuple[float | str, ...] = (1.0, 5.0, 20.0, 50.0)  # percent; PAUSE waits; 100 is always last
+    interval: float = 300.0
+    min_requests: int = 100
+    failure_ratio: RolloutCheck = field(default_factory=lambda: RolloutCheck(max=0.03, max_over_stable=0.02))
+    ttft_over_slo: RolloutCheck | None = None
+    on_complete: str = "promote"  # or "hold": stay at 100 % until `rollout promote`
+    stall_after: float = 3600.0  # stalled when the evidence still needed would take longer at today's rate
+    analysis_prometheus: str | None = None  # counts from Prometheus (every replica) instead of this proxy's
+
+    def plan(self) -> list[tuple[float, bool]]:
+        """(weight, pause before it) for every step, 100 last."""
+        out: list[tuple[float, bool]] = []
+        pause = False
+        for step in self.steps:
+            if step == PAUSE:
+                pause = True
+                continue
+            out.append((float(step), pause))
+            pause = False
+        if not out or out[-1][0] != 100.0:
+            out.append((100.0, pause))
+        elif pause:
+            out[-1] = (100.0, True)
+        return out
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     stable: str
@@ -87,6 +131,7 @@ class RouteConfig:
     auto_resume: bool = False
     session_sources: tuple[str, ...] | None = None  # None: those of the session label
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    rollout: RolloutConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +163,9 @@ class ProxyConfig:
     metrics_token: str | None = field(default=None, repr=False)
     metrics_listen: str | None = None  # /metrics on its own address (and only there)
     decisions: DecisionSettings = DEFAULT_DECISIONS
+    notify_url: str | None = None  # rollout notifications: one JSON POST per phase or step change
+    notify_timeout: float = 5.0
+    rollout_tick: float = 1.0  # seconds between two analyses of running rollouts
     config_path: str | None = None
 
     def upstream_for(self, model: str) -> str:
@@ -131,7 +179,7 @@ BREAKER = Section("breaker", "The route's own circuit breaker: rolls the route b
                   "and its failure ratio over the window is too high.", (
     Setting("enabled", "boolean", "Whether the breaker acts; true as soon as any breaker setting is given.",
             default=True),
-    Setting("window", "number", "Seconds of requests the failure ratio is computed over.", minimum=1),
+    Setting("window", "duration", "Seconds of requests the failure ratio is computed over.", minimum=1),
     Setting("min_requests", "integer", "Fewest canary requests in the window for a verdict; fewer is "
             "inconclusive, never a failure.", minimum=1),
     Setting("failure_ratio", "number", "Canary failure ratio (0 to 1) at or above which the breaker trips.",
@@ -147,6 +195,47 @@ BREAKER = Section("breaker", "The route's own circuit breaker: rolls the route b
             nullable=True),
 ), model=BreakerConfig)
 
+FAILURE_CHECK = Section("failure_ratio", "Server-side failures (a routed canary's 404, its model missing, is one).", (
+    Setting("max", "number", "The canary's failure ratio that rolls it back on its own, once exceeded with "
+            "significance.", minimum=0, maximum=1, nullable=True),
+    Setting("max_over_stable", "number", "Non-inferiority margin: the last move, to 100 %, needs the upper limit "
+            "of canary - stable below this.", minimum=1e-6, maximum=1),
+), model=RolloutCheck)
+
+TTFT_CHECK = Section("ttft_over_slo", "Share of successful, warm requests whose time to first token exceeds slo.", (
+    Setting("slo", "duration", "Time to first token over which a request is slow; a bucket bound of the TTFT "
+            "histogram (default: decisions.ttft_slo).", minimum=0.001, nullable=True),
+    Setting("max", "number", "Share of slow requests that rolls the canary back on its own, once exceeded with "
+            "significance.", minimum=0, maximum=1, nullable=True),
+    Setting("max_over_stable", "number", "Non-inferiority margin of the share, for the last move.", minimum=1e-6,
+            maximum=1),
+), model=RolloutCheck)
+
+CHECKS = Section("checks", "What each step is judged on; without `checks`, the failure ratio with its defaults.", (
+    Setting("failure_ratio", "section", "", section=FAILURE_CHECK),
+    Setting("ttft_over_slo", "section", "", section=TTFT_CHECK),
+))
+
+ANALYSIS = Section("analysis", "Where the rollout's counts come from: this proxy's own (the default), or "
+                   "Prometheus, which sees every replica.", (
+    Setting("prometheus", "base_url", "Prometheus base URL; an unreachable Prometheus holds the rollout.",
+            nullable=True),
+))
+
+ROLLOUT = Section("rollout", "A progressive rollout (`ollama-sidecar rollout start ROUTE`): the canary's weight "
+                  "steps up while it stays healthy and rolls back the moment it is not.", (
+    Setting("steps", "steps", "Percent of sessions at each step, rising; `pause` waits for `rollout resume`; 100 "
+            "is always the last step."),
+    Setting("interval", "duration", "Least time at each step.", minimum=0.1),
+    Setting("min_requests", "integer", "Least canary requests at each step.", minimum=1),
+    Setting("checks", "section", "", section=CHECKS),
+    Setting("on_complete", "choice", "At 100 %: `promote` the canary, or `hold` until `rollout promote`.",
+            choices=("promote", "hold")),
+    Setting("stall_after", "duration", "A rollout is stalled when the evidence it still needs would take longer "
+            "than this at the current canary rate.", minimum=1),
+    Setting("analysis", "section", "", section=ANALYSIS),
+), model=RolloutConfig)
+
 ROUTE = Section("route", "A route alias: clients ask for it by name (\"model\": \"chat\") and each session "
                 "keeps its arm, stable or canary.", (
     Setting("stable", "string", "The model that serves the route.", required="the model that serves the route"),
@@ -158,6 +247,7 @@ ROUTE = Section("route", "A route alias: clients ask for it by name (\"model\": 
     Setting("session_sources", "session_sources", "This route's session sources, first match wins "
             "(`header:NAME` or `body:FIELD`); default: those of the session label.", nullable=True),
     Setting("breaker", "section", "", section=BREAKER),
+    Setting("rollout", "section", "", section=ROLLOUT),
 ), model=RouteConfig, nullable=False,
     needs=(("canary_weight", "canary", "is above 0 but the route has no canary model"),))
 
@@ -166,19 +256,19 @@ MODEL = Section("model", "Where one model is served, when not by `upstream`.", (
             "proxy's own listen address."),
 ))
 
-TIMEOUTS = Section("timeouts", "Seconds.", (
-    Setting("connect", "number", "Connecting to Ollama.", minimum=0.001),
-    Setting("first_byte", "number", "Until Ollama's first byte (a large model can take minutes to load).",
+TIMEOUTS = Section("timeouts", "Durations: seconds, or e.g. 30s, 5m.", (
+    Setting("connect", "duration", "Connecting to Ollama.", minimum=0.001),
+    Setting("first_byte", "duration", "Until Ollama's first byte (a large model can take minutes to load).",
             minimum=0.001),
-    Setting("idle", "number", "Longest gap between two reads of a reply, stream or not; streams have no "
+    Setting("idle", "duration", "Longest gap between two reads of a reply, stream or not; streams have no "
             "total limit.", minimum=0.001),
-    Setting("shutdown", "number", "On SIGTERM, how long requests in flight may still run.", minimum=0.001),
+    Setting("shutdown", "duration", "On SIGTERM, how long requests in flight may still run.", minimum=0.001),
 ), model=Timeouts)
 
 ADMISSION = Section("admission", "At most max_in_flight requests upstream, a bounded queue behind (503 beyond).", (
     Setting("max_in_flight", "integer", "Requests forwarded at once; 0 turns admission control off.", minimum=0),
     Setting("max_queue", "integer", "Requests waiting for a slot; beyond, 503 at once.", minimum=0),
-    Setting("queue_timeout", "number", "Seconds a request may wait for a slot.", minimum=0),
+    Setting("queue_timeout", "duration", "Seconds a request may wait for a slot.", minimum=0),
 ), model=Admission)
 
 ADMIN = Section("admin", f"The admin API (/admin/). {ADMIN_TOKEN_ENV}, when set, is the token and outranks "
@@ -203,6 +293,8 @@ AUTH = Section("auth", "API keys clients must send (Authorization: Bearer); chec
 def _decision_setting(name: str, default: object) -> Setting:
     low, high = LIMITS[name]
     kind = "integer" if isinstance(default, int) and not isinstance(default, bool) else "number"
+    if name in DURATIONS:
+        kind = "duration"
     return Setting(name.rsplit(".", 1)[-1], kind, DESCRIPTIONS[name], minimum=low, maximum=high,
                    nullable=name == "sequential.floor")
 
@@ -211,6 +303,12 @@ SEQUENTIAL = Section("sequential", "The sequential test on the stream of failure
                      "`breaker` may override each key) and the rollout gate's.",
                      tuple(_decision_setting(f"sequential.{n}", getattr(SequentialSettings, n))
                            for n in ("rate_ratio", "alpha", "floor")), model=SequentialSettings)
+
+NOTIFY = Section("notify", "Rollout notifications: one JSON POST per phase or step change (its `text` reads "
+                 "well in Slack or Mattermost); a failed POST is logged and counted, never blocks the rollout.", (
+    Setting("url", "base_url", "Incoming-webhook URL.", nullable=True),
+    Setting("timeout", "duration", "Longest wait for the webhook.", minimum=0.1),
+))
 
 DECISIONS = Section("decisions", "The statistical settings of every automatic decision (breaker, rollout gate, "
                     "report, rollback alerts through `ollama-sidecar generate --config`), one vocabulary; see "
@@ -234,7 +332,7 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
             "`header:NAME` or `body:FIELD`."),
     Setting("session_label_cap", "integer", "Most session label values live at once; beyond, `other`.",
             minimum=0),
-    Setting("session_label_ttl", "number", "Seconds after which an unused session label value and its series "
+    Setting("session_label_ttl", "duration", "Seconds after which an unused session label value and its series "
             "are removed.", minimum=1),
     Setting("session_label", "choice", "What a session's label value is: `hash`, a short keyed hash of the "
             "session id (the default: /metrics never shows user ids; `ollama-sidecar session-label ID` turns a "
@@ -257,14 +355,16 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
     Setting("metrics", "section", "", section=METRICS),
     Setting("alertmanager_url", "base_url", "Alertmanager to reconcile with: its active rollback alerts are "
             "read every reconcile_interval.", nullable=True),
-    Setting("reconcile_interval", "number", "Seconds between two reads of Alertmanager's active alerts.",
+    Setting("reconcile_interval", "duration", "Seconds between two reads of Alertmanager's active alerts.",
             minimum=0.1),
-    Setting("reconcile_grace", "number", "Seconds an alert is left to its webhook before reconcile acts on it.",
+    Setting("reconcile_grace", "duration", "Seconds an alert is left to its webhook before reconcile acts on it.",
             minimum=0),
-    Setting("reload_interval", "number", "Seconds between two checks of the config file for changes.",
+    Setting("reload_interval", "duration", "Seconds between two checks of the config file for changes.",
             minimum=0.1),
     Setting("access_log", "boolean", "One JSON line per request on the ollama_sidecar.access logger."),
     Setting("decisions", "section", "", section=DECISIONS),
+    Setting("notify", "section", "", section=NOTIFY),
+    Setting("rollout_tick", "duration", "Time between two analyses of running rollouts.", minimum=0.05),
 ), model=ProxyConfig)
 
 
@@ -282,11 +382,14 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
              if s.kind not in ("section", "map") and s.name in top and s.name != "session_key_file"}
     metrics = METRICS.read(top.get("metrics"), "metrics", inputs)
     decisions = _parse_decisions(top.get("decisions"), inputs)
+    notify = NOTIFY.read(top.get("notify"), "notify", inputs)
     config = ProxyConfig(
         **plain,
         model_upstreams=_parse_models(top.get("models"), inputs),
         decisions=decisions,
-        routes={str(name): _parse_route(str(name), spec, inputs, decisions.sequential)
+        notify_url=notify.get("url"),
+        notify_timeout=notify.get("timeout", 5.0),
+        routes={str(name): _parse_route(str(name), spec, inputs, decisions)
                 for name, spec in mapping(top.get("routes"), "routes").items()},
         timeouts=Timeouts(**TIMEOUTS.read(top.get("timeouts"), "timeouts", inputs)),
         admission=Admission(**ADMISSION.read(top.get("admission"), "admission", inputs)),
@@ -325,11 +428,33 @@ def _parse_decisions(value: Any, inputs: Inputs) -> DecisionSettings:
     return decisions
 
 
-def _parse_route(name: str, value: Any, inputs: Inputs, sequential: SequentialSettings) -> RouteConfig:
+def _parse_route(name: str, value: Any, inputs: Inputs, decisions: DecisionSettings) -> RouteConfig:
     key = f"routes.{name}"
     route = ROUTE.read(value, key, inputs)
-    breaker = _parse_breaker(route.pop("breaker", None), f"{key}.breaker", inputs, sequential)
-    return RouteConfig(**route, breaker=breaker)
+    breaker = _parse_breaker(route.pop("breaker", None), f"{key}.breaker", inputs, decisions.sequential)
+    rollout = _parse_rollout(route.pop("rollout", None), f"{key}.rollout", inputs, decisions)
+    return RouteConfig(**route, breaker=breaker, rollout=rollout)
+
+
+def _parse_rollout(value: Any, key: str, inputs: Inputs, decisions: DecisionSettings) -> RolloutConfig | None:
+    if value is None:
+        return None
+    given = ROLLOUT.read(value, key, inputs)
+    checks = CHECKS.read(given.pop("checks", None), f"{key}.checks", inputs)
+    failure = RolloutCheck(**{**{"max": 0.03, "max_over_stable": 0.02},
+                              **FAILURE_CHECK.read(checks.get("failure_ratio"), f"{key}.checks.failure_ratio",
+                                                   inputs)})
+    ttft = None
+    if "ttft_over_slo" in checks:
+        fields = TTFT_CHECK.read(checks["ttft_over_slo"], f"{key}.checks.ttft_over_slo", inputs)
+        ttft = RolloutCheck(**{"slo": decisions.ttft_slo, "max_over_stable": decisions.ttft_margin, **fields})
+        if ttft.slo not in TIME_TO_FIRST_TOKEN.buckets:
+            bounds = " ".join(f"{b:g}" for b in TIME_TO_FIRST_TOKEN.buckets)
+            raise ConfigError(f"{key}.checks.ttft_over_slo.slo", f"{ttft.slo:g}s is not a bucket bound of the time "
+                                                                 f"to first token histogram: use one of {bounds}")
+    analysis = ANALYSIS.read(given.pop("analysis", None), f"{key}.analysis", inputs)
+    return RolloutConfig(**given, failure_ratio=failure, ttft_over_slo=ttft,
+                         analysis_prometheus=analysis.get("prometheus"))
 
 
 def _parse_breaker(value: Any, key: str, inputs: Inputs, sequential: SequentialSettings) -> BreakerConfig:

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from proxy.common.durations import PATTERN as DURATION_PATTERN
+from proxy.common.durations import parse_duration
 from proxy.common.listen import parse_listen
 from proxy.common.ollama_host import parse_ollama_host
 
@@ -49,6 +51,18 @@ def _number(value: Any, key: str, *, minimum: float | None = None, maximum: floa
     if maximum is not None and value > maximum:
         raise ConfigError(key, f"must be at most {maximum:g}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def _duration(value: Any, key: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+    if minimum is not None and seconds < minimum:
+        raise ConfigError(key, f"must be at least {minimum:g}s, got {value!r}")
+    if maximum is not None and seconds > maximum:
+        raise ConfigError(key, f"must be at most {maximum:g}s, got {value!r}")
+    return seconds
 
 
 def _string(value: Any, key: str) -> str:
@@ -99,6 +113,26 @@ def _session_sources(value: Any, key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _steps(value: Any, key: str) -> tuple[float | str, ...]:
+    """Rising percentages of a rollout, with ``pause`` where it should wait for a person."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list such as [1, 5, 20, 50, pause]")
+    out: list[float | str] = []
+    last = 0.0
+    for i, item in enumerate(value):
+        if item == "pause":
+            out.append("pause")
+            continue
+        weight = _number(item, f"{key}[{i}]", minimum=0.001, maximum=100)
+        if weight <= last:
+            raise ConfigError(f"{key}[{i}]", f"steps must rise: {weight:g} after {last:g}")
+        out.append(weight)
+        last = weight
+    if last == 0.0:
+        raise ConfigError(key, "needs at least one percentage")
+    return tuple(out)
+
+
 def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -126,7 +160,13 @@ _KINDS: dict[str, tuple[Callable[[Setting, Any, str], Any], Callable[[Setting], 
                lambda s: _bounds({"type": "number"}, s)),
     "integer": (lambda s, v, k: _number(v, k, minimum=s.minimum, maximum=s.maximum, integer=True),
                 lambda s: _bounds({"type": "integer"}, s)),
+    "duration": (lambda s, v, k: _duration(v, k, minimum=s.minimum, maximum=s.maximum),
+                 lambda s: {"oneOf": [_bounds({"type": "number"}, s),
+                                      {"type": "string", "pattern": DURATION_PATTERN}]}),
     "boolean": (lambda s, v, k: _bool(v, k), lambda s: {"type": "boolean"}),
+    "steps": (lambda s, v, k: _steps(v, k),
+              lambda s: {"type": "array", "minItems": 1, "items": {"oneOf": [
+                  {"type": "number", "exclusiveMinimum": 0, "maximum": 100}, {"const": "pause"}]}}),
     "string": (lambda s, v, k: _string(v, k), lambda s: {"type": "string", "pattern": _TEXT}),
     "choice": (lambda s, v, k: _choice(v, k, s.choices), lambda s: {"type": "string", "enum": list(s.choices)}),
     "base_url": (lambda s, v, k: _string(v, k).rstrip("/"), lambda s: {"type": "string", "pattern": _TEXT}),

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from proxy.common.durations import parse_duration
+
 
 @dataclass(frozen=True)
 class SequentialSettings:
@@ -76,6 +78,9 @@ LIMITS: Mapping[str, tuple[float | None, float | None]] = {
     "sequential.rate_ratio": (1.01, None), "sequential.alpha": (1e-9, 0.5), "sequential.floor": (None, 0),
 }
 
+DURATIONS = frozenset({"ttft_slo", "load_wait"})
+"""Keys that are durations: seconds, or e.g. ``2.5s``."""
+
 DESCRIPTIONS: Mapping[str, str] = {
     "alpha": "One-sided level of the fixed-sample 'worse' tests (the report, each rollout step).",
     "failure_margin": "Non-inferiority margin of the failure ratio: a step passes when the upper limit of "
@@ -128,6 +133,12 @@ def parse_decisions(value: Any, base: DecisionSettings = DEFAULT_DECISIONS) -> D
             raise DecisionSettingsError(str(key), f"unknown key (known: {', '.join(sorted(names))})")
         if key == "sequential":
             changes[key] = _parse_sequential(raw, base.sequential)
+        elif key in DURATIONS:
+            try:
+                seconds = parse_duration(raw)
+            except ValueError as exc:
+                raise DecisionSettingsError(key, str(exc)) from None
+            changes[key] = _number(key, seconds)
         else:
             changes[key] = _number(key, raw, integer=isinstance(getattr(base, key), int))
     return replace(base, **changes)

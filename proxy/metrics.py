@@ -149,7 +149,8 @@ ROUTE_ROLLED_BACK = MetricSpec(
 ROUTE_CHANGES = MetricSpec(
     "ollama_proxy_route_changes_total", "counter",
     "Route changes by reason (admin, config, alert:<name>, breaker, reconcile, promote, resume, probe: "
-    "auto-resume's probe passed or failed).",
+    "auto-resume's probe passed or failed, rollout: a rollout's gate rolled back, rollout_step: a rollout "
+    "moved to its next step).",
     ("route", "reason"),
 )
 BREAKER_CANARY_FAILURE_RATIO = MetricSpec(
@@ -162,6 +163,38 @@ BREAKER_LOG_LIKELIHOOD_RATIO = MetricSpec(
     "The breaker's sequential test: log-likelihood ratio of 'canary fails rate_ratio x stable' against "
     "'equal'; it trips at log(1/alpha) (with the window's limits met).",
     ("route",),
+)
+ROLLOUT_PHASE = MetricSpec(
+    "ollama_proxy_rollout_phase", "gauge",
+    "One series per phase (idle, progressing, paused, stalled, succeeded, failed); 1 for the route's "
+    "rollout's current phase.",
+    ("route", "phase"),
+)
+ROLLOUT_STEP = MetricSpec(
+    "ollama_proxy_rollout_step", "gauge",
+    "The rollout's current step, 1-based (0 when the route never had a rollout).",
+    ("route",),
+)
+ROLLOUT_ANALYSES = MetricSpec(
+    "ollama_proxy_rollout_analyses_total", "counter",
+    "Judgements of the rollout gate by check (failure_ratio, ttft_over_slo) and result (continue, "
+    "non_inferior, inconclusive, worse).",
+    ("route", "check", "result"),
+)
+ROLLOUT_CHECK_VALUE = MetricSpec(
+    "ollama_proxy_rollout_check_value", "gauge",
+    "Each check's ratio (0-1) over the whole rollout, per arm: what the gate compares.",
+    ("route", "check", "arm"),
+)
+ROLLOUT_CHECK_LIMIT = MetricSpec(
+    "ollama_proxy_rollout_check_limit", "gauge",
+    "Each check's absolute limit (max) and non-inferiority margin (max_over_stable), 0-1.",
+    ("route", "check", "limit"),
+)
+ROLLOUT_NOTIFICATIONS = MetricSpec(
+    "ollama_proxy_rollout_notifications_total", "counter",
+    "Rollout notifications POSTed to notify.url, by outcome (sent, failed).",
+    ("outcome",),
 )
 ALERTMANAGER_NOTIFICATIONS = MetricSpec(
     "ollama_proxy_alertmanager_notifications_total", "counter",
@@ -192,11 +225,13 @@ ALL: tuple[MetricSpec, ...] = (
     BUILD_INFO,
     ROUTE_INFO, ROUTE_CANARY_WEIGHT, ROUTE_ROLLED_BACK, ROUTE_CHANGES,
     BREAKER_CANARY_FAILURE_RATIO, BREAKER_LOG_LIKELIHOOD_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
+    ROLLOUT_PHASE, ROLLOUT_STEP, ROLLOUT_ANALYSES, ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_LIMIT, ROLLOUT_NOTIFICATIONS,
     CONFIG_RELOADS, STATE_ERRORS,
 )
 
 # Route change reasons besides alert:<alertname>; their series start at 0 for every route.
-ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "resume", "probe")
+ROUTE_CHANGE_REASONS = ("admin", "config", "breaker", "reconcile", "promote", "resume", "probe", "rollout",
+                        "rollout_step")
 
 class ErrorType(StrEnum):
     """``error_type``: what went wrong with a request, from the client's point of view
@@ -284,6 +319,12 @@ class ProxyMetrics:
         self.route_changes = m(ROUTE_CHANGES)
         self.breaker_canary_failure_ratio = m(BREAKER_CANARY_FAILURE_RATIO)
         self.breaker_log_likelihood_ratio = m(BREAKER_LOG_LIKELIHOOD_RATIO)
+        self.rollout_phase = m(ROLLOUT_PHASE)
+        self.rollout_step = m(ROLLOUT_STEP)
+        self.rollout_analyses = m(ROLLOUT_ANALYSES)
+        self.rollout_check_value = m(ROLLOUT_CHECK_VALUE)
+        self.rollout_check_limit = m(ROLLOUT_CHECK_LIMIT)
+        self.rollout_notifications = m(ROLLOUT_NOTIFICATIONS)
         self.alertmanager_notifications = m(ALERTMANAGER_NOTIFICATIONS)
         self.alertmanager_reconciles = m(ALERTMANAGER_RECONCILES)
         self.config_reloads = m(CONFIG_RELOADS)
@@ -294,4 +335,6 @@ class ProxyMetrics:
             self.alertmanager_notifications.labels(outcome)
         for outcome in ("success", "failure"):
             self.config_reloads.labels(outcome)
+        for outcome in ("sent", "failed"):
+            self.rollout_notifications.labels(outcome)
         self.queue_length.set(0)

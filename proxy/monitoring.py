@@ -48,6 +48,11 @@ COMPLETION_TOKENS_RATE = "route_arm:ollama_proxy_completion_tokens:rate"
 TTFT_RATE = "route_arm:ollama_proxy_time_to_first_token:rate"
 TTFT_OVER_SLO_RATE = "route_arm:ollama_proxy_time_to_first_token_over_slo:rate"
 TTFT_OVER_SLO_RATIO = "route_arm:ollama_proxy_time_to_first_token_over_slo_per_time_to_first_token:ratio_rate"
+# Per host (the `host` target label shared by the exporter's and the proxy's series): GPU
+# power, completion tokens, and their ratio, the energy per generated token.
+HOST_GPU_POWER = "host:gpu_energy_joules:rate"
+HOST_COMPLETION_TOKENS_RATE = "host:ollama_proxy_completion_tokens:rate"
+HOST_ENERGY_PER_TOKEN = "host:gpu_energy_joules_per_completion_token:ratio_rate"
 # Per route, all arms together.
 ROUTE_REQUESTS_RATE = "route:ollama_proxy_requests:rate"
 ROUTE_FAILED_RATIO = "route:ollama_proxy_requests_failed_per_requests:ratio_rate"
@@ -55,6 +60,7 @@ ROUTE_FAILED_RATIO = "route:ollama_proxy_requests_failed_per_requests:ratio_rate
 RECORDED_NAMES: tuple[str, ...] = (
     REQUESTS_RATE, FAILED_RATE, FAILED_RATIO, ROUTE_REQUESTS_RATE, ROUTE_FAILED_RATIO,
     LATENCY_P95, TTFT_P95, COMPLETION_TOKENS_RATE, TTFT_RATE, TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO,
+    HOST_GPU_POWER, HOST_COMPLETION_TOKENS_RATE, HOST_ENERGY_PER_TOKEN,
 )
 
 
@@ -95,6 +101,15 @@ class Profile:
     gpu_memory_for: str
     gpu_temperature_celsius: float
     gpu_hot_for: str
+    gpu_unreadable_for: str  # a GPU NVML can no longer read (a real error, not "not supported")
+    nvml_stale_for: str  # NVML reads past the exporter's deadline (a wedged driver)
+    gpu_xid_window: str  # XID errors counted over this window
+    gpu_throttled_for: str  # a thermal or hardware clock-event reason active this long
+    exporter_window: str  # rate window over the exporter's series (at least four of its scrapes)
+
+    # Progressive rollouts.
+    rollout_stalled_for: str
+    rollout_failed_window: str  # OllamaRolloutFailed fires this long after a rollout failed
 
     # Proxy health.
     queue_length: float
@@ -121,6 +136,13 @@ PRODUCTION = Profile(
     gpu_memory_for="15m",
     gpu_temperature_celsius=85,
     gpu_hot_for="10m",
+    gpu_unreadable_for="10m",
+    nvml_stale_for="5m",
+    gpu_xid_window="10m",
+    gpu_throttled_for="15m",
+    exporter_window="5m",
+    rollout_stalled_for="5m",
+    rollout_failed_window="1h",
     queue_length=5,
     overloaded_ratio=0.01,
     overloaded_for="5m",
@@ -151,6 +173,13 @@ FAST = Profile(
     gpu_memory_for="3s",
     gpu_temperature_celsius=85,
     gpu_hot_for="3s",
+    gpu_unreadable_for="3s",
+    nvml_stale_for="3s",
+    gpu_xid_window="1m",
+    gpu_throttled_for="3s",
+    exporter_window="20s",  # the fast config scrapes the exporter every 5 s
+    rollout_stalled_for="2s",
+    rollout_failed_window="1m",
     queue_length=5,
     overloaded_ratio=0.01,
     overloaded_for="3s",

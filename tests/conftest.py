@@ -16,10 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import FORWARDER, METRICS, build_app
 from proxy.commands.children import free_port  # noqa: F401  (tests import it from here)
-from proxy.config import ProxyConfig, parse_config
 from proxy.commands.server import new_event_loop
-
-
+from proxy.config import ProxyConfig, parse_config
 
 
 def wait_for(predicate, timeout: float, what: str = "a condition", interval: float = 0.05):

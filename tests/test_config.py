@@ -13,9 +13,9 @@ import jsonschema
 import pytest
 import yaml
 
-from proxy.config import ConfigError, config_schema, load_config, parse_config, render_config_schema
 from proxy.common.listen import parse_listen
 from proxy.common.ollama_host import parse_ollama_host
+from proxy.config import ConfigError, config_schema, load_config, parse_config, render_config_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 

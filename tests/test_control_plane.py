@@ -15,9 +15,8 @@ import pytest
 import requests
 import yaml
 
-from proxy.config import load_config
-
 from proxy.commands.ctl import EXIT_OK, EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE
+from proxy.config import load_config
 from tests.conftest import free_port, running_proxy, wait_for
 from tests.ollama_fake import chat_chunks, ndjson, stream_response
 
@@ -151,7 +150,8 @@ def test_resolved_alert_resumes_only_with_auto_resume(admin_proxy):
                                                  status="resolved"), headers=AUTH)
         assert route(p, "chat")["rolled_back"] is True
         auto = route(p, "auto")
-        assert auto["rolled_back"] is False and auto["weight"] == 50
+        # resumed on probation: the probe weight until the canary passed its probe (test_probe.py)
+        assert auto["rolled_back"] is False and (auto["weight"], auto["probe_weight_after"]) == (5, 50)
 
 
 # --- reconcile ---------------------------------------------------------------------------------

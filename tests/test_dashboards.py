@@ -397,4 +397,4 @@ def test_gpu_panels_say_there_is_no_gpu_rather_than_showing_zero():
         gpu_panels += 1
         assert "no GPU" in p["fieldConfig"]["defaults"].get("noValue", ""), p["title"]
         assert not any(re.search(r"\bor\b|vector\(", e) for e in exprs), p["title"]
-    assert gpu_panels == 6
+    assert gpu_panels == 10

@@ -19,19 +19,35 @@ def nobody_listens(port: int) -> bool:
 
 
 def test_demo_rolls_back_and_cleans_up_twice_in_a_row():
-    # The second run through the demo module itself, which runs exactly `ollama-sidecar demo`.
-    for command in (["-m", "proxy.cli", "demo"], ["-m", "proxy.commands.demo"]):
+    # The default story (a ramp whose canary breaks at 50 %), then the split story through
+    # the demo module itself, which runs exactly `ollama-sidecar demo`.
+    runs = ((["-m", "proxy.cli", "demo"], "rollout"), (["-m", "proxy.commands.demo", "--scenario", "rollback"],
+                                                       "rollback"))
+    for command, scenario in runs:
         r = subprocess.run([sys.executable, *command, "--no-monitoring", "--linger", "0",
                             "--fault-after", "3", "--timeout", "40"],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=150)
         assert r.returncode == 0, r.stdout + r.stderr
         out = r.stdout
-        assert "the canary breaks" in out and "ROLLED BACK (breaker)" in out
+        if scenario == "rollout":
+            assert "the canary breaks" in out and "progressing 2/4" in out and "FAILED, step 3 of 4 at 50%" in out
+            # the rollout's gate, or the breaker (on when there is no Prometheus) if it is first
+            assert re.search(r"rolled back [0-9.]+s after the canary broke, by (rollout|breaker)\.", out), out
+        else:
+            assert "the canary breaks" in out and "ROLLED BACK (breaker)" in out
         assert "requests on stable that failed at any time: 0" in out
         assert "/metrics" in out and "stopped every process the demo started." in out
         ports = {int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", out)}
         assert len(ports) >= 3  # simulator, proxy, exporter
         assert all(nobody_listens(p) for p in ports)  # nothing outlived the demo
+
+
+def test_the_rollout_ok_demo_promotes_a_healthy_canary():
+    r = subprocess.run([sys.executable, "-m", "proxy.cli", "demo", "--scenario", "rollout-ok", "--no-monitoring",
+                        "--linger", "0", "--timeout", "60"], capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCEEDED" in r.stdout and "promoted: qwen3:8b-ft is the stable model now." in r.stdout
+    assert "the canary breaks" not in r.stdout
 
 
 def test_killing_the_demo_outright_leaves_no_component_running():

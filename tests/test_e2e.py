@@ -113,3 +113,31 @@ def test_reconcile_converges_when_the_webhook_is_lost(tmp_path):
         assert proxy_metric(stack, "ollama_proxy_route_changes_total", reason="reconcile") == 1
         assert proxy_metric(stack, "ollama_proxy_alertmanager_notifications_total", outcome="applied") == 0
         assert_nobody_on_stable_suffered(traffic, flipped)
+
+
+def test_a_rollout_analysed_on_prometheus_climbs_on_its_counts_and_holds_when_it_is_gone(tmp_path):
+    """analysis: {prometheus: URL}: the gate judges on what Prometheus counted (every
+    replica's traffic), not on this proxy's own counts; with Prometheus gone the rollout
+    holds, it never advances on counts it could not read."""
+    rollout = {"steps": [10, 50], "interval": 3, "min_requests": 10, "stall_after": 600}
+    options = StackOptions(workdir=tmp_path, canary_weight=0, rollout=rollout, rollout_on_prometheus=True)
+    with LocalStack(options) as stack:
+        traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=400, pause=0.02).start()
+        try:
+            stack.rollout("", {})
+            first = stack.rollout()
+            assert first["analysis"]["source"] == "prometheus"
+            wait_for(lambda: stack.rollout()["step"] >= 2, 60, "the rollout to pass its first step on Prometheus")
+            doc = stack.rollout()
+            # the evidence is Prometheus's increase(): whole requests, both arms
+            assert doc["total"]["canary"]["requests"] >= 10 and doc["total"]["stable"]["requests"] > 0
+            stack.processes["prometheus"].stop()
+            wait_for(lambda: (stack.rollout()["analysis"]["problem"] or "").startswith("cannot query Prometheus"),
+                     20, "the rollout to notice Prometheus is gone")
+            held = stack.rollout()
+            time.sleep(8)  # two intervals: it would have advanced
+            after = stack.rollout()
+            assert (after["step"], after["phase"]) == (held["step"], "progressing")
+            assert after["reason"].startswith("holding: cannot query Prometheus")
+        finally:
+            traffic.stop()

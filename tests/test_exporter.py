@@ -9,9 +9,10 @@ import gzip
 import logging
 import subprocess
 import threading
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 
+import pynvml
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,13 +22,13 @@ from werkzeug import Request, Response
 from exporter import metrics as em
 from exporter.app import Exporter
 from exporter.cache import SingleFlightCache
+from exporter.collector import NvmlCounters
+from exporter.fake_nvml import FakeNvml, GiB, MiB, fleet_gpus, two_gpus
 from exporter.ollama_api import parse_rfc3339
 from exporter.ollama_fetch import without_credentials
+from exporter.xid_watcher import XidWatcher
 from tests.binaries import require_binary
 from tests.conftest import FakeClock
-from exporter.fake_nvml import GiB, FakeNvml, two_gpus
-
-import pynvml
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -124,6 +125,8 @@ def make_exporter(ollama):
         options.setdefault("cache", 0.0)
         options.setdefault("nvml", False)
         options.setdefault("wall_clock", lambda: NOW)
+        options.setdefault("xid_events", False)  # its thread is tested in test_exporter_nvml_failures.py
+        options.setdefault("cmdline", lambda pid: None)  # never this machine's /proc
         exporter = Exporter(ollama.url_for("/").rstrip("/"), **options)
         made.append(exporter)
         return exporter
@@ -363,11 +366,16 @@ def test_two_gpus_in_base_units(ollama, make_exporter, fake_nvml):
     text = make_exporter(nvml=True).scrape()
 
     assert value(text, "nvml_up") == 1
-    assert value(text, "gpu_info", **A100, name="NVIDIA A100-SXM4-80GB", driver_version="550.54.15") == 1
-    assert value(text, "gpu_info", **RTX, name="NVIDIA GeForce RTX 3090", driver_version="550.54.15") == 1
+    assert value(text, "gpu_info", **A100, name="NVIDIA A100-SXM4-80GB", driver_version="550.54.15",
+                 pci_bus_id="00000000:07:00.0") == 1
+    assert value(text, "gpu_info", **RTX, name="NVIDIA GeForce RTX 3090", driver_version="550.54.15",
+                 pci_bus_id="00000000:41:00.0") == 1
+    assert value(text, "gpu_up", **A100) == 1 and value(text, "gpu_up", **RTX) == 1
     assert value(text, "gpu_memory_total_bytes", **A100) == 80 * GiB == 85899345920
+    # memory v2: "used" without the driver's 512 MiB reservation, which is reported apart
     assert value(text, "gpu_memory_used_bytes", **A100) == 20 * GiB
-    assert value(text, "gpu_memory_free_bytes", **A100) == 60 * GiB
+    assert value(text, "gpu_memory_reserved_bytes", **A100) == 512 * MiB
+    assert value(text, "gpu_memory_free_bytes", **A100) == 60 * GiB - 512 * MiB
     assert value(text, "gpu_utilization_ratio", **A100) == 0.37  # NVML: 37 %
     assert value(text, "gpu_memory_utilization_ratio", **A100) == 0.12
     assert value(text, "gpu_utilization_ratio", **RTX) == 1.0
@@ -437,14 +445,18 @@ def test_gpu_lost_mid_scrape_drops_that_gpu_only(ollama, make_exporter, fake_nvm
             text = exporter.scrape()
     assert value(text, "nvml_up") == 0
     assert {s["gpu"] for s in series(text, "gpu_info")} == {"0"}
-    assert not any(dict(labels).get("gpu") == "1" for _, labels in samples(text))
+    # Of the lost GPU only what says it is lost remains, keyed by the uuid it had.
+    assert {name for name, labels in samples(text) if dict(labels).get("gpu") == "1"} == {
+        "gpu_up", "gpu_nvml_errors_total", "gpu_nvml_errors_created"}
+    assert value(text, "gpu_up", **RTX) == 0
+    assert value(text, "gpu_nvml_errors_total", **RTX, call="device", error="GpuIsLost") == 2
     assert value(text, "gpu_memory_used_bytes", **A100) == 20 * GiB
     assert value(text, "ollama_up") == 1
     assert len([r for r in caplog.records if "GPU 1 cannot be read" in r.message]) == 1
 
     fake_nvml.gpus[1].lost = False
     text = exporter.scrape()
-    assert value(text, "nvml_up") == 1
+    assert value(text, "nvml_up") == 1 and value(text, "gpu_up", **RTX) == 1
     assert value(text, "gpu_memory_used_bytes", **RTX) == 3 * GiB
 
 
@@ -476,6 +488,7 @@ def test_nvml_reads_are_cached_like_ollama(ollama, make_exporter, fake_nvml):
     clock.advance(1.0)
     exporter.scrape()
     assert fake_nvml.calls["nvmlDeviceGetMemoryInfo"] == 4
+    assert value(exporter.scrape(), "nvml_read_timeouts_total") == 0
 
 
 def test_no_nvml_option_leaves_gpu_families_out(ollama, make_exporter, fake_nvml):
@@ -488,9 +501,23 @@ def test_no_nvml_option_leaves_gpu_families_out(ollama, make_exporter, fake_nvml
 # --- the exposition as a whole -----------------------------------------------------------------
 
 
-def test_every_spec_is_exposed_and_nothing_else(ollama, make_exporter, fake_nvml):
+def test_every_spec_is_exposed_and_nothing_else(ollama, make_exporter, monkeypatch):
+    # Every family appears on a box with MIG, a failing field, an XID and a runner whose
+    # command line names its model; the series of each are tested elsewhere.
+    from tests.test_exporter_runners import BLOB_QWEN, runner_cmdline, show_handler
+    fake = FakeNvml(fleet_gpus()).install(monkeypatch)
+    fake.gpus[2].fail["nvmlDeviceGetPerformanceState"] = pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
     serve(ollama)
-    text = make_exporter(nvml=True).scrape()
+    ollama.expect_request("/api/show", method="POST").respond_with_handler(show_handler)
+    exporter = make_exporter(nvml=True, xid_events=False, cmdline={4242: runner_cmdline(BLOB_QWEN)}.get)
+    watcher = exporter.xid_watcher = XidWatcher(exporter.nvml_errors)
+    watcher.open()
+    fake.inject_xid(0, 79)
+    watcher.poll(0)
+    exporter.collector._nvml_counters = NvmlCounters(exporter.nvml_errors.snapshot, lambda: 0, watcher.counts)
+    text = exporter.scrape()
+    watcher.release()
+    exporter.xid_watcher = None
     exposed = {name for name, _ in samples(text)}
     allowed = {s for spec in em.ALL for s in spec.series}
     assert exposed <= allowed, exposed - allowed

@@ -21,7 +21,7 @@ import requests
 
 from exporter import server
 from proxy import __version__
-from tests.test_exporter import serve, series, threaded_server, value
+from tests.test_exporter import series, serve, threaded_server, value
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(r"serving (http://\S+)/metrics")

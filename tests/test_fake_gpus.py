@@ -14,7 +14,9 @@ from exporter.fake_nvml import LiveFakeNvml, demo_gpus
 from exporter.nvml_reader import NvmlReader
 from proxy.monitoring import DEFAULT
 from tests.test_exporter import series, value
-from tests.test_exporter_server import ROOT, closed_port, start  # noqa: F401  (start: a fixture)
+from tests.test_exporter_server import ROOT, closed_port, start
+
+FIXTURES = (start,)  # pytest finds fixtures by name in this module
 
 
 def test_the_exporter_serves_simulated_gpus(start):
@@ -57,3 +59,26 @@ def test_simulated_readings_move_but_never_reach_a_gpu_alert(monkeypatch, count)
             assert 0 <= gpu.utilization_ratio <= 1
     reader.close()
     assert len(temperatures) > count  # the graphs move
+
+
+def test_the_fake_returns_the_bindings_own_types(monkeypatch):
+    import pynvml
+
+    from exporter.fake_nvml import FakeNvml, fleet_gpus
+    FakeNvml(fleet_gpus()).install(monkeypatch)
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        assert isinstance(pynvml.nvmlDeviceGetMemoryInfo(handle), pynvml.c_nvmlMemory_t)
+        v2 = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+        assert isinstance(v2, pynvml.c_nvmlMemory_v2_t) and v2.reserved > 0
+        assert isinstance(pynvml.nvmlDeviceGetUtilizationRates(handle), pynvml.c_nvmlUtilization_t)
+        assert pynvml.nvmlDeviceGetPciInfo(handle).busId == "00000000:07:00.0"  # the struct decodes it
+        (proc, *_) = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        assert isinstance(proc, pynvml.nvmlFriendlyObject) and proc.gpuInstanceId == 0xFFFFFFFF
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # the MIG parent
+            pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(1))
+    finally:
+        pynvml.nvmlShutdown()
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetCount()

@@ -21,8 +21,7 @@ from werkzeug import Request, Response
 
 from tests.conftest import running_proxy
 from tests.ollama_fake import chat_chunks
-from tests.test_hostile_upstream import (PROBE_REPLY, assert_metrics_parse, assert_protocol_error,
-                                         assert_still_healthy)
+from tests.test_hostile_upstream import PROBE_REPLY, assert_metrics_parse, assert_protocol_error, assert_still_healthy
 
 MODEL = "llama3.2"
 HELLO = [{"role": "user", "content": "hi"}]

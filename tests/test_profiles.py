@@ -22,8 +22,8 @@ import yaml
 from alerts.alerting import CANARY_ERROR_RATE_HIGH
 from alerts.render import RULE_FILES
 from exporter.server import add_arguments
-from tests.rule_profiles import (CONFIGS, PROXY_JOB, REPO, Profile, counter, duration, load_profile,
-                                 promtool_test, seconds, selector)
+from tests.rule_profiles import (CONFIGS, PROXY_JOB, REPO, Profile, counter, duration, load_profile, promtool_test,
+                                 seconds, selector)
 
 REQUESTS = "ollama_proxy_route_requests_total"
 

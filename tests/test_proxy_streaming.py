@@ -13,8 +13,8 @@ import requests
 from proxy.dataplane.observe import NativeStreamObserver
 from proxy.dataplane.sessions import session_hash
 from tests.conftest import wait_for
-from tests.ollama_fake import (FINAL_TIMINGS, chat_chunks, generate_chunks, ndjson, openai_chat_handler,
-                               pieces, slow, sse_chat, stream_response)
+from tests.ollama_fake import (FINAL_TIMINGS, chat_chunks, generate_chunks, ndjson, openai_chat_handler, pieces, slow,
+                               sse_chat, stream_response)
 
 MODEL = "llama3.2"
 

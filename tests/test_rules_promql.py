@@ -8,10 +8,8 @@ import pytest
 
 from alerts.render import RULE_FILES
 from tests.binaries import require_binary
-from tests.promql import (
-    dashboard_exprs, grafana_to_promql, load_dashboards, metric_names, promtool_check_exprs,
-    rule_file_exprs, unknown_metrics,
-)
+from tests.promql import (dashboard_exprs, grafana_to_promql, load_dashboards, metric_names, promtool_check_exprs,
+                          rule_file_exprs, unknown_metrics)
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "provisioning/grafana/dashboards"

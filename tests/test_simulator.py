@@ -18,17 +18,8 @@ from datetime import datetime
 import pytest
 import requests
 
-from proxy.simulator import (
-    ModelProfile,
-    ProfileError,
-    get_profiles,
-    get_stats,
-    load_profiles,
-    reset,
-    running_simulator,
-    set_profile,
-    unload,
-)
+from proxy.simulator import (ModelProfile, ProfileError, get_profiles, get_stats, load_profiles, reset,
+                             running_simulator, set_profile, unload)
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, profiles_from_dict
 from tests.conftest import wait_for
 

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import requests
@@ -54,14 +54,15 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("OLLAMA_SIDECAR_ADMIN_TOKEN") or None
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
+          timeout: float = 10) -> tuple[int, Any]:
     headers = {}
     token = _token(args)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     url = args.proxy.rstrip("/") + path
     try:
-        resp = requests.request(method, url, json=body, headers=headers, timeout=10)
+        resp = requests.request(method, url, json=body, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         print(f"ollama-sidecar: cannot reach the proxy at {args.proxy}: {type(exc).__name__}", file=sys.stderr)
         return EXIT_UNREACHABLE, None
@@ -116,12 +117,15 @@ def format_status(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"ollama-sidecar {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+def usage_errors_exit_2(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand whose :class:`UsageError` prints one line and exits 2."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except UsageError as exc:
+            print(f"ollama-sidecar {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return run
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -160,3 +164,6 @@ def _run(args: argparse.Namespace) -> int:
         if command == "rollback" and not doc.get("changed", True):
             print(f"route {args.route} was already rolled back ({doc['reason']}); nothing changed")
     return EXIT_OK
+
+
+run = usage_errors_exit_2(_run)

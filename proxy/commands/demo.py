@@ -1,11 +1,18 @@
-"""``ollama-sidecar demo``: watch a bad canary get rolled back, on any machine, no GPU.
+"""``ollama-sidecar demo``: watch a canary climb a grey-release ramp, and a bad one get
+rolled back, on any machine, no GPU.
 
-The story: a route ``chat`` splits sticky sessions 50/50 between a stable model and a
-canary fine-tune (both served by the Ollama simulator). Traffic flows. Then the canary
-starts failing. With Prometheus and Alertmanager installed, the shipped alert rules fire
-``OllamaCanaryErrorRateHigh``, Alertmanager calls the proxy's webhook and the proxy rolls
-the route back; without them, the proxy's own circuit breaker does it. Either way the
-stable arm never sees an error. Every process is stopped on Ctrl-C or when done.
+The stories (``--scenario``), on a route ``chat`` with a stable model and a canary
+fine-tune (both served by the Ollama simulator) and sticky sessions:
+
+* ``rollout`` (the default): a progressive rollout, 5 → 20 → 50 → 100 %, with a few
+  seconds per step. At 50 % the canary starts failing; the rollout's gate (or, with
+  Prometheus and Alertmanager installed, the shipped rollback alert) rolls the route back.
+* ``rollout-ok``: the same ramp with a healthy canary, promoted to stable at the end.
+* ``rollback``: a 50/50 split, then the canary breaks; the shipped alert rules fire
+  ``OllamaCanaryErrorRateHigh``, Alertmanager calls the proxy's webhook and the proxy rolls
+  the route back; without them, the proxy's own circuit breaker does it.
+
+Either way the stable arm never sees an error. Every process is stopped on Ctrl-C or when done.
 """
 
 from __future__ import annotations
@@ -25,9 +32,18 @@ from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, 
 from proxy.commands.traffic import TrafficDriver
 
 
+SCENARIOS = ("rollout", "rollout-ok", "rollback")
+# Short steps so the whole ramp fits in a minute; min_requests keeps each step honest.
+DEMO_ROLLOUT = {"steps": [5, 20, 50], "interval": 4, "min_requests": 10, "stall_after": 600,
+                "checks": {"failure_ratio": {"max": 0.1, "max_over_stable": 0.1}}}
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--fault-after", type=float, default=10.0, help="seconds of healthy traffic before "
-                        "the canary breaks (default 10)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="rollout",
+                        help="rollout: a ramp whose canary breaks at 50 %% and is rolled back (default); "
+                             "rollout-ok: a healthy canary promoted; rollback: a 50/50 split whose canary breaks")
+    parser.add_argument("--fault-after", type=float, default=10.0, help="rollback scenario: seconds of healthy "
+                        "traffic before the canary breaks (default 10)")
     parser.add_argument("--error-rate", type=float, default=0.6, help="share of canary requests that fail "
                         "once broken (default 0.6)")
     parser.add_argument("--timeout", type=float, default=60.0, help="give up waiting for the rollback after "
@@ -67,13 +83,16 @@ def _urls(stack: LocalStack) -> list[str]:
     return lines
 
 
-def stack_options(workdir: Path, monitoring: bool, preferred_ports: bool = True) -> StackOptions:
-    """The demo's stack (also what the every-panel-has-data test starts): a 50/50 route, the
-    fast alert rules when Prometheus and Alertmanager are at hand (else the breaker acts),
-    reconcile as the webhook's fallback, and two simulated GPUs."""
+def stack_options(workdir: Path, monitoring: bool, preferred_ports: bool = True,
+                  scenario: str = "rollback") -> StackOptions:
+    """The demo's stack (also what the every-panel-has-data test starts): a 50/50 route (the
+    rollout scenarios start at 0 and ramp), the fast alert rules when Prometheus and
+    Alertmanager are at hand (else the breaker acts), reconcile as the webhook's fallback,
+    and two simulated GPUs."""
     breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
-    return StackOptions(workdir=workdir, canary_weight=50, breaker=breaker, monitoring=monitoring,
-                        reconcile_interval=15.0, preferred_ports=preferred_ports, fake_gpus=2)
+    rollout = DEMO_ROLLOUT if scenario != "rollback" else None
+    return StackOptions(workdir=workdir, canary_weight=0 if rollout else 50, breaker=breaker, monitoring=monitoring,
+                        reconcile_interval=15.0, preferred_ports=preferred_ports, fake_gpus=2, rollout=rollout)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -85,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, _interrupt)
     monitoring = monitoring_available() and not args.no_monitoring
     workdir = Path(tempfile.mkdtemp(prefix="ollama-sidecar-demo-"))
-    options = stack_options(workdir, monitoring)
-    _say("ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n")
+    options = stack_options(workdir, monitoring, scenario=args.scenario)
+    _say({"rollout": "ollama-sidecar demo: a canary climbs a grey-release ramp, goes bad at 50 % and is rolled back "
+                     "automatically (no GPU needed)\n",
+          "rollout-ok": "ollama-sidecar demo: a healthy canary climbs a grey-release ramp and is promoted "
+                        "(no GPU needed)\n",
+          "rollback": "ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n",
+          }[args.scenario])
     if not monitoring:
         _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else
              "not installed (or not run from the repository, whose provisioning/ holds their configs). "
@@ -102,11 +126,19 @@ def run(args: argparse.Namespace) -> int:
         if monitoring:
             _say("  Alertmanager: rollback alerts go to the proxy's webhook; no human receiver is configured "
                  "(docs/monitoring-stack.md, \"Notifying humans\")")
-        _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
-        traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
-        outcome = _timeline(stack, traffic, args)
+        if args.scenario == "rollback":
+            _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
+            outcome = _timeline(stack, traffic, args)
+        else:
+            steps = " → ".join(f"{w:g}%" for w in [*DEMO_ROLLOUT["steps"], 100])  # type: ignore[list-item]
+            _say(f"  route '{ROUTE}': stable {STABLE_MODEL}; rolling out {CANARY_MODEL}: {steps}, at least "
+                 f"{DEMO_ROLLOUT['interval']}s and {DEMO_ROLLOUT['min_requests']} canary requests a step (sticky "
+                 "sessions)\n")
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=400).start()
+            outcome = _rollout_timeline(stack, traffic, args)
         if outcome is None:
-            _say(f"\n  no rollback within {args.timeout:g}s: look at the logs in {workdir}")
+            _say(f"\n  the story did not end within {args.timeout:g}s: look at the logs in {workdir}")
             return 1
         _say("")
         if monitoring:
@@ -155,6 +187,50 @@ def _timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespac
             assert broke_at is not None
             _say(f"\n  rolled back {now - broke_at:.1f}s after the canary broke, by {state['reason']}.")
             stable_failed = [o for o in traffic.snapshot() if o.arm == "stable" and not o.completed]
+            _say(f"  requests on stable that failed at any time: {len(stable_failed)}")
+            return state
+    return None
+
+
+def _rollout_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespace) -> dict[str, Any] | None:
+    from proxy.commands.rollout_ctl import format_rollout
+    time.sleep(1.0)  # a little traffic on stable first
+    stack.rollout("", {})
+    _say(f"  {'t':>4}  {'stable':^14}  {'canary':^14}  {'weight':>6}  {'rollout':<24} {'firing alerts':<28}")
+    start = time.monotonic()
+    broke_at: float | None = None
+    seen_alerts: set[str] = set()
+    while time.monotonic() - start < args.timeout + 60:
+        time.sleep(1.0)
+        now = time.monotonic()
+        t = now - start
+        doc = stack.rollout()
+        state = doc["route_state"]
+        if args.scenario == "rollout" and broke_at is None and doc.get("weight", 0) >= 50 \
+                and doc["phase"] == "progressing":
+            stack.break_canary(error_rate=args.error_rate)
+            broke_at = now
+            _say(f"  {t:4.0f}s >>> at {doc['weight']:g}% the canary breaks: {args.error_rate:.0%} of its requests now "
+                 "fail with HTTP 500")
+        alerts = stack.firing_alerts()
+        for name in sorted(set(alerts) - seen_alerts):
+            _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
+        seen_alerts |= set(alerts)
+        recent = traffic.snapshot(since=now - 2.0)
+        phase = f"{doc['phase']} {doc.get('step', 0)}/{doc.get('steps', 0)}"
+        _say(f"  {t:4.0f}s  {_arm_stats(recent, 'stable', 2.0)}  {_arm_stats(recent, 'canary', 2.0)}  "
+             f"{state['effective_weight']:5.0f}%  {phase:<24} {', '.join(alerts) or '-':<28}")
+        if doc["phase"] in ("succeeded", "failed"):
+            _say("")
+            _say(format_rollout(doc))
+            if doc["phase"] == "failed":
+                assert broke_at is not None or args.scenario != "rollout"
+                _say(f"\n  rolled back {now - (broke_at or now):.1f}s after the canary broke, by "
+                     f"{state['reason']}.")
+            else:
+                _say(f"\n  promoted: {state['stable']} is the stable model now.")
+            stable_failed = [o for o in traffic.snapshot() if o.arm == "stable" and not o.completed
+                             and o.model == STABLE_MODEL]
             _say(f"  requests on stable that failed at any time: {len(stable_failed)}")
             return state
     return None

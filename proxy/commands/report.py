@@ -45,8 +45,8 @@ import requests
 from proxy import metrics as pm
 from proxy.config import ConfigError, load_config
 from proxy.control import decisions
-from proxy.decision_settings import DEFAULT_DECISIONS
 from proxy.control.decisions import Outcome
+from proxy.decision_settings import DEFAULT_DECISIONS
 
 ARMS = ("stable", "canary")
 # Prometheus's duration syntax (units in descending order, each at most once).

@@ -57,6 +57,8 @@ class StackOptions:
     reconcile_grace: float = 2.0  # how long reconcile leaves a new alert to its webhook
     preferred_ports: bool = False  # try 11434/11435/9101/9090/9093 first (the demo)
     fake_gpus: int = 2  # simulated GPUs the exporter reads; 0: none (--no-nvml)
+    rollout: dict[str, Any] | None = None  # the route's rollout definition (the rollout scenarios)
+    rollout_on_prometheus: bool = False  # the rollout analyses on this stack's Prometheus (every replica's counts)
     profiles: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         STABLE_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 60, "output_tokens": 12,
                        "cold_load_seconds": 0.3, "keep_alive_seconds": -1},
@@ -106,12 +108,17 @@ class LocalStack:
                                  "canary_weight": self.options.canary_weight}
         if self.options.breaker:
             route["breaker"] = self.options.breaker
+        if self.options.rollout:
+            route["rollout"] = dict(self.options.rollout)
+            if self.options.rollout_on_prometheus and self.monitoring:
+                route["rollout"]["analysis"] = {"prometheus": self.url("prometheus")}
         config: dict[str, Any] = {
             "listen": f"127.0.0.1:{self.ports['proxy']}", "upstream": self.url("simulator"),
             "state_file": str(self.state_file), "admin": {"token_file": str(self.token_file)},
             "routes": {ROUTE: route}, "access_log": False,
             # A demo stops (or restarts its proxy) within its stop wait, streams or not.
             "timeouts": {"shutdown": 5},
+            "rollout_tick": 0.5,
         }
         if self.options.reconcile_interval is not None and self.monitoring:
             config["alertmanager_url"] = self.url("alertmanager")
@@ -220,6 +227,16 @@ class LocalStack:
     def route_state(self) -> dict[str, Any]:
         return requests.get(f"{self.url('proxy')}/admin/routes/{ROUTE}", headers=self.admin_headers,
                             timeout=5).json()
+
+    def rollout(self, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET the route's rollout, or POST an action ("" starts one)."""
+        url = f"{self.url('proxy')}/admin/routes/{ROUTE}/rollout" + (f"/{action}" if action else "")
+        if body is None and not action:
+            resp = requests.get(url, headers=self.admin_headers, timeout=5)
+        else:
+            resp = requests.post(url, json=body or {}, headers=self.admin_headers, timeout=60)
+        resp.raise_for_status()
+        return resp.json()
 
     def break_canary(self, **fields: Any) -> None:
         resp = requests.patch(f"{self.url('simulator')}/_simulator/models/{CANARY_MODEL}",

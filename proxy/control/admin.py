@@ -16,15 +16,20 @@ from aiohttp import web
 
 from proxy.common.bearer import token_matches
 from proxy.common.jsonutil import parse_json
+from proxy.config import ROLLOUT, ConfigError
 from proxy.control.alertmanager import PayloadError, handle_notification, parse_payload
 from proxy.control.breaker import Breakers
 from proxy.control.plane import ControlPlane, RouteError
+from proxy.control.preload import prepare_canary
+from proxy.control.rollout import Rollouts
 
 log = logging.getLogger("ollama_sidecar.admin")
 
 CONTROL = web.AppKey("control", ControlPlane)
 BREAKERS = web.AppKey("breakers", Breakers)
 RELOAD = web.AppKey("reload", Callable)
+ROLLOUTS = web.AppKey("rollouts", Rollouts)
+UPSTREAM_SESSION = web.AppKey("upstream_session", Callable)  # () -> the forwarder's aiohttp session
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -162,6 +167,73 @@ async def resume_route(request: web.Request) -> web.Response:
     return web.json_response(_route_view(request, name))
 
 
+# --- rollouts -------------------------------------------------------------------------------------
+
+def _rollout_view(request: web.Request, name: str) -> dict[str, Any]:
+    doc = request.app[ROLLOUTS].status(name)
+    doc["route_state"] = _route_view(request, name)
+    return doc
+
+
+@_guard
+async def list_rollouts(request: web.Request) -> web.Response:
+    return web.json_response({"rollouts": [_rollout_view(request, name)
+                                           for name in sorted(request.app[CONTROL].routes.routes)]})
+
+
+@_guard
+async def get_rollout(request: web.Request) -> web.Response:
+    return web.json_response(_rollout_view(request, request.match_info["route"]))
+
+
+@_guard
+async def start_rollout(request: web.Request) -> web.Response:
+    """``POST /admin/routes/{route}/rollout {"canary"?, "steps"?, "interval"?}``: checks that
+    the canary is installed and loads it, then starts at the first step."""
+    body = await _json_body(request)
+    unknown = set(body) - {"canary", "steps", "interval"}
+    if unknown:
+        raise RouteError(400, f"unknown field(s) {sorted(unknown)}; allowed: canary, steps, interval")
+    name = request.match_info["route"]
+    control, rollouts = request.app[CONTROL], request.app[ROLLOUTS]
+    state = control.get(name)
+    canary = body.get("canary") or state.canary
+    if canary is not None and not isinstance(canary, str):
+        raise RouteError(400, "canary must be a model name")
+    settings = {s.name: s for s in ROLLOUT.settings}
+    try:  # checked as the config file's rollout.steps and rollout.interval are
+        steps = None if body.get("steps") is None else list(settings["steps"].check(body["steps"], "steps"))
+        interval = None if body.get("interval") is None else settings["interval"].check(body["interval"], "interval")
+    except ConfigError as exc:
+        raise RouteError(400, str(exc)) from None
+    current = control.rollouts.get(name)
+    if current is not None and current.active:
+        rollouts.start(name, canary=canary)  # refuses, naming the running rollout
+    if not canary:
+        raise RouteError(400, f"route {name!r} has no canary: give one (\"canary\": MODEL)")
+    await prepare_canary(request.app[UPSTREAM_SESSION](), control.config.upstream_for(canary), canary,
+                         timeout=control.config.timeouts.first_byte)
+    rollouts.start(name, canary=canary, steps=steps, interval=interval)
+    return web.json_response(_rollout_view(request, name))
+
+
+def _rollout_action(action: str):
+    @_guard
+    async def handler(request: web.Request) -> web.Response:
+        name = request.match_info["route"]
+        rollouts = request.app[ROLLOUTS]
+        if action == "promote":
+            body = await _json_body(request)
+            full = body.get("full", False)
+            if not isinstance(full, bool):
+                raise RouteError(400, "full must be true or false")
+            rollouts.promote(name, full=full)
+        else:
+            getattr(rollouts, action)(name)
+        return web.json_response(_rollout_view(request, name))
+    return handler
+
+
 async def reload_config(request: web.Request) -> web.Response:
     ok, message = request.app[RELOAD]()
     return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 400)
@@ -188,5 +260,10 @@ def add_admin_routes(app: web.Application) -> None:
     r.add_post("/admin/routes/{route}/rollback", rollback_route)
     r.add_post("/admin/routes/{route}/promote", promote_route)
     r.add_post("/admin/routes/{route}/resume", resume_route)
+    r.add_get("/admin/rollouts", list_rollouts)
+    r.add_get("/admin/routes/{route}/rollout", get_rollout)
+    r.add_post("/admin/routes/{route}/rollout", start_rollout)
+    for action in ("pause", "resume", "promote", "abort"):
+        r.add_post(f"/admin/routes/{{route}}/rollout/{action}", _rollout_action(action))
     r.add_post("/admin/reload", reload_config)
     r.add_post("/admin/alertmanager", alertmanager_webhook)

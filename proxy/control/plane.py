@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from typing import Any, Callable
 
 from proxy.config import ProxyConfig, RouteConfig
+from proxy.control.rollout_state import Phase, Rollout
 from proxy.control.routing import RouteState, RouteTable
 from proxy.control.state import StateFile
 from proxy.dataplane.instrument import canonical_model
@@ -27,7 +28,7 @@ from proxy.metrics import ROUTE_CHANGE_REASONS, SERVER_SIDE_ERRORS, Arm, ErrorTy
 log = logging.getLogger("ollama_sidecar.control")
 
 PERSISTED_FIELDS = ("stable", "canary", "weight", "rolled_back", "reason", "since", "weight_before_rollback",
-                    "probe_weight_after")
+                    "probe_weight_after", "salt")
 
 
 def _finite(value: Any) -> bool:
@@ -48,6 +49,8 @@ def validate_state(data: dict[str, Any]) -> None:
             value = fields.get(key)
             if (value is None and not optional) or (value is not None and (not _finite(value) or not 0 <= value <= 100)):
                 raise ValueError(f"{where}.{key} is not a weight between 0 and 100")
+        if not isinstance(fields.get("salt", ""), str):
+            raise ValueError(f"{where}.salt is not a string")
         if not isinstance(fields.get("rolled_back"), bool):
             raise ValueError(f"{where}.rolled_back is not true or false")
         if not isinstance(fields.get("reason"), str) or not _finite(fields.get("since")):
@@ -75,6 +78,9 @@ class RouteError(Exception):
         self.message = message
 
 
+ROLLOUT_STEP = "rollout_step"  # the reason of a rollout's own weight changes
+
+
 def reason_label(reason: str) -> str:
     """The bounded label value of a reason: ``alert:OllamaCanaryErrorRateHigh`` stays, free
     text after ``admin:`` does not become a label."""
@@ -93,6 +99,7 @@ class ControlPlane:
         self.acted_alerts: OrderedDict[str, float] = OrderedDict()  # fingerprint@startsAt
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
+        self.rollouts: dict[str, Rollout] = {}  # route -> its rollout, running or the last one
         self._load_state()
         for state in self.routes.routes.values():
             self._export(state)
@@ -121,16 +128,28 @@ class ControlPlane:
             self.routes.routes[name] = restored
         for key in data.get("acted_alerts", []):
             self.acted_alerts[str(key)] = 0.0
+        for name, raw in (data.get("rollouts") or {}).items():
+            if name not in self.routes.routes or not isinstance(raw, dict):
+                continue
+            try:
+                self.rollouts[name] = Rollout.from_json(raw)
+            except ValueError as exc:
+                log.error("state file: %s; the rollout is dropped, the route keeps its saved weight", exc)
         if saved:
             log.info("loaded route state from %s: %s", self.state_file.path, ", ".join(
                 f"{s.name}{' (rolled back: ' + s.reason + ')' if s.rolled_back else ''}"
                 for s in self.routes.routes.values()))
 
+    def save(self) -> None:
+        """Persist now (the rollout controller saves its evidence now and then)."""
+        self._save()
+
     def _save(self) -> None:
         data = {"routes": {name: {**{k: getattr(s, k) for k in PERSISTED_FIELDS},
                                   "config": _config_view(self.config.routes[name])}
                            for name, s in self.routes.routes.items() if name in self.config.routes},
-                "acted_alerts": list(self.acted_alerts)}
+                "acted_alerts": list(self.acted_alerts),
+                "rollouts": {name: r.to_json() for name, r in self.rollouts.items() if name in self.config.routes}}
         try:
             self.state_file.save(data)
         except OSError as exc:
@@ -178,6 +197,12 @@ class ControlPlane:
     def set_route(self, name: str, *, stable: str | None = None, canary: str | None | type[...] = ...,
                   weight: float | None = None, reason: str = "admin") -> RouteState:
         state = self.get(name)
+        rollout = self.rollouts.get(name)
+        if rollout is not None and rollout.active and reason != ROLLOUT_STEP \
+                and (weight is not None or (canary is not ... and canary != state.canary)):
+            raise RouteError(409, f"route {name!r} is in a rollout ({rollout.phase}, step {rollout.step + 1} of "
+                                  f"{len(rollout.plan)}, {rollout.weight:g}%), which owns its weight and canary: "
+                                  "use `ollama-sidecar rollout pause|promote|abort`")
         new_canary = state.canary if canary is ... else canary
         if weight is not None and not 0 <= weight <= 100:
             raise RouteError(400, f"canary_weight must be between 0 and 100, got {weight:g}")
@@ -202,7 +227,18 @@ class ControlPlane:
             return state, False
         # A probe that fails goes back to where the rollback before it left off.
         before = state.weight if state.probe_weight_after is None else state.probe_weight_after
-        new = replace(state, rolled_back=True, weight_before_rollback=before, weight=0.0, probe_weight_after=None)
+        salt = state.salt
+        rollout = self.rollouts.get(name)
+        if rollout is not None and rollout.active:
+            # Any rollback ends a rollout on the spot (an alert, the breaker, an operator, its
+            # own gate); a later `resume` restores the weight from before the rollout.
+            before, salt = rollout.weight_before, ""
+            rollout.phase = Phase.FAILED
+            rollout.reason = rollout.reason if reason == "rollout" else f"rolled back: {reason}"
+            rollout.history.append({"event": "failed", "weight": rollout.weight, "at": self.clock(),
+                                    "reason": rollout.reason})
+        new = replace(state, rolled_back=True, weight_before_rollback=before, weight=0.0, probe_weight_after=None,
+                      salt=salt)
         return self._commit(new, reason), True
 
     def resume(self, name: str, reason: str = "resume", *, probe: bool = False) -> RouteState:
@@ -231,12 +267,25 @@ class ControlPlane:
         else:
             self.rollback(name, "probe")
 
+    def start_rollout(self, rollout: Rollout) -> RouteState:
+        """Hand a route to a rollout: its canary, first weight and salt in one change."""
+        state = self.get(rollout.route)
+        new = replace(state, canary=rollout.canary, weight=rollout.weight, salt=rollout.salt, rolled_back=False,
+                      weight_before_rollback=None, probe_weight_after=None)
+        self.rollouts[rollout.route] = rollout
+        return self._commit(new, ROLLOUT_STEP)
+
     def promote(self, name: str) -> RouteState:
         state = self.get(name)
         if not state.canary:
             raise RouteError(409, f"route {name!r} has no canary to promote")
         new = replace(state, stable=state.canary, canary=None, weight=0.0, rolled_back=False,
-                      weight_before_rollback=None, probe_weight_after=None)
+                      weight_before_rollback=None, probe_weight_after=None, salt="")
+        rollout = self.rollouts.get(name)
+        if rollout is not None and rollout.active:
+            rollout.phase = Phase.SUCCEEDED
+            rollout.reason = "promoted"
+            rollout.history.append({"event": "promoted", "weight": 100.0, "at": self.clock()})
         return self._commit(new, "promote")
 
     # --- alerts -----------------------------------------------------------------------------
@@ -276,6 +325,11 @@ class ControlPlane:
             if old_config.routes.get(name) == cfg:
                 continue
             new = current.with_config(cfg)
+            rollout = self.rollouts.get(name)
+            if rollout is not None and rollout.active:
+                # The rollout owns the weight: an edited canary_weight is recorded (status
+                # shows it) and applies once the rollout is over.
+                new = replace(new, weight=current.weight, canary=current.canary, salt=current.salt)
             if current.rolled_back:
                 new = replace(new, rolled_back=True, weight=0.0, weight_before_rollback=cfg.canary_weight)
             self._commit(new, "config")
@@ -289,4 +343,10 @@ class ControlPlane:
         d = asdict(state)
         d["effective_weight"] = state.effective_weight
         d["breaker"] = asdict(state.breaker)
+        d["configured_weight"] = self.config.routes[state.name].canary_weight if state.name in self.config.routes \
+            else None
+        rollout = self.rollouts.get(state.name)
+        d["rollout"] = None if rollout is None else {"phase": str(rollout.phase), "step": rollout.step + 1,
+                                                     "steps": len(rollout.plan), "weight": rollout.weight,
+                                                     "reason": rollout.reason}
         return d

@@ -45,6 +45,9 @@ class RouteState:
     # Auto-resume's probe (proxy.control.probe): the weight the canary gets back once it
     # passed; None when no probe runs.
     probe_weight_after: float | None = None
+    # A rollout's hash salt, fixed for its duration, so the same users are not always the
+    # first to meet every new model; "" outside rollouts (the split sessions had before).
+    salt: str = ""
     auto_resume: bool = False
     session_sources: tuple[str, ...] | None = None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -65,9 +68,12 @@ class RouteState:
                        breaker=cfg.breaker)
 
 
-def bucket(route: str, key: str) -> float:
-    """Where a session falls on [0, 100) for a route; stable across processes and restarts."""
-    digest = hashlib.blake2b(f"{route}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+def bucket(route: str, key: str, salt: str = "") -> float:
+    """Where a session falls on [0, 100) for a route; stable across processes and restarts.
+    A session is on the canary while its point is below the weight, so a rising weight
+    only ever moves sessions from stable to the canary."""
+    name = f"{route}\x00{salt}" if salt else route
+    digest = hashlib.blake2b(f"{name}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 * 100.0
 
 
@@ -77,7 +83,7 @@ def choose_arm(state: RouteState, session_key: str | None, rng: random.Random = 
         return Arm.STABLE
     if weight >= 100:
         return Arm.CANARY
-    point = bucket(state.name, session_key) if session_key else rng.random() * 100.0
+    point = bucket(state.name, session_key, state.salt) if session_key else rng.random() * 100.0
     return Arm.CANARY if point < weight else Arm.STABLE
 
 

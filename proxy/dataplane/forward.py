@@ -191,7 +191,7 @@ class Forwarder:
             rec.duration = time.perf_counter() - start
             self.recorder.record(rec)
             if self.on_result is not None and decision.route != NO_ROUTE:
-                self.on_result(decision, rec.error_type)
+                self.on_result(decision, rec)
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:

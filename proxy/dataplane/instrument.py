@@ -51,6 +51,10 @@ class RequestRecord:
     start: float = 0.0  # perf_counter at arrival, for time to first token
     stats: ReplyStats | None = None
     model_admitted: bool = field(default=False)
+    # Set by the recorder for the decisions that read them (rollout checks): the time to
+    # first token of a successful, warm request, and whether it waited for a model load.
+    ttft: float | None = None
+    load_wait: bool = False
 
 
 class Recorder:
@@ -144,11 +148,11 @@ class Recorder:
                 if value is not None:
                     hist.labels(*base).observe(value)
             if ENDPOINTS[rec.endpoint].generates:
-                self._timings(base, stats, rec.start, rec.error_type == ErrorType.NONE)
+                self._timings(rec, base, stats)
             if self.access_log:
                 self._log(rec)
 
-    def _timings(self, base: tuple[str, ...], stats: ReplyStats, start: float, succeeded: bool) -> None:
+    def _timings(self, rec: RequestRecord, base: tuple[str, ...], stats: ReplyStats) -> None:
         """Time to first token of successful requests that did not wait for a model load,
         so that the latency decisions compare like with like: a failed request's "first
         token" may be an error, and a cold load measures Ollama's scheduler, not the model.
@@ -156,14 +160,17 @@ class Recorder:
         their loads cannot be told apart and stay in.)"""
         m = self.metrics
         if stats.load_duration is not None and stats.load_duration >= self.load_wait:
+            rec.load_wait = True
             m.model_load_waits.labels(*base[1:]).inc()
-        elif not succeeded:
+        elif rec.error_type != ErrorType.NONE:
             pass
         elif stats.first_content_at is not None:
-            m.ttft.labels(*base).observe(stats.first_content_at - start)
+            rec.ttft = stats.first_content_at - rec.start
         elif stats.load_duration is not None or stats.prompt_eval_duration is not None:
             # Non-stream reply: the upstream's own account of time before the first token.
-            m.ttft.labels(*base).observe((stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0))
+            rec.ttft = (stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0)
+        if rec.ttft is not None:
+            m.ttft.labels(*base).observe(rec.ttft)
         n = stats.completion_tokens
         if stats.eval_duration is not None and n:
             m.tpot.labels(*base).observe(stats.eval_duration / n)
