@@ -68,8 +68,10 @@ class Rollouts:
 
     def __init__(self, plane: ControlPlane, metrics: ProxyMetrics, settings: Callable[[], DecisionSettings],
                  notify: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 new_salt: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
         self.plane = plane
+        self.new_salt = new_salt
         self.metrics = metrics
         self.settings = settings
         self.notify = notify or (lambda event: None)
@@ -84,6 +86,11 @@ class Rollouts:
         self.fetched: dict[str, tuple[Evidence, Evidence]] = {}
         self.unavailable: dict[str, str] = {}
         self._last_refresh: float | None = None
+        # (phase, step) last announced per route: a rollout ended by someone else (an alert,
+        # the breaker, `rollback`, `promote`) is announced at the next tick.
+        self._announced: dict[str, tuple[str, int]] = {
+            route: (str(r.phase), r.step) for route, r in plane.rollouts.items()}
+        self._exported: set[str] = set()
         for route in plane.routes.routes:
             self._export(route)
 
@@ -124,7 +131,7 @@ class Rollouts:
         cfg = rollout_config(plane, route, steps=steps, interval=interval)
         now = self.clock()
         rollout = Rollout(route=route, canary=model, plan=cfg.plan(), interval=cfg.interval,
-                          min_requests=cfg.min_requests, on_complete=cfg.on_complete, salt=secrets.token_hex(8),
+                          min_requests=cfg.min_requests, on_complete=cfg.on_complete, salt=self.new_salt(),
                           started_at=now, weight_before=0.0 if state.rolled_back else state.weight,
                           step_started_at=now, config_seen=definition(self._config(route)))
         rollout.history.append({"event": "started", "weight": rollout.weight, "at": now, "canary": model})
@@ -184,11 +191,16 @@ class Rollouts:
         now_m = self.monotonic()
         dt = 0.0 if self._last_tick is None else max(0.0, now_m - self._last_tick)
         self._last_tick = now_m
+        for route in self.plane.routes.routes.keys() - self._exported:
+            self._export(route)  # a route added by a reload: its phase is idle, not absent
         for route, rollout in list(self.plane.rollouts.items()):
             if route not in self.plane.routes.routes:
                 continue
             if not rollout.active:
                 self.pending.pop(route, None)
+                if self._announced.get(route) != (str(rollout.phase), rollout.step):
+                    self._event(rollout, str(rollout.phase), f"rollout of {rollout.canary} on route {route} "
+                                                             f"{rollout.phase} at {rollout.weight:g}%: {rollout.reason}")
                 self._export(route)
                 continue
             state = self.plane.get(route)
@@ -384,6 +396,7 @@ class Rollouts:
         return doc
 
     def _export(self, route: str) -> None:
+        self._exported.add(route)
         m = self.metrics
         rollout = self.plane.rollouts.get(route)
         phase = Phase.IDLE if rollout is None else rollout.phase
@@ -424,6 +437,7 @@ class Rollouts:
         """One JSON log line and one notification per phase or step change; saved at once."""
         self.plane.save()
         self._export(rollout.route)
+        self._announced[rollout.route] = (str(rollout.phase), rollout.step)
         body = {"text": text, "event": event, "route": rollout.route, "canary": rollout.canary,
                 "phase": str(rollout.phase), "step": rollout.step + 1, "steps": len(rollout.plan),
                 "weight": rollout.weight, "reason": rollout.reason, "at": self.clock()}
