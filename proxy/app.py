@@ -43,6 +43,7 @@ from proxy.dataplane.guards import make_request_guard
 from proxy.dataplane.http_log import install_malformed_request_filter
 from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.label_values import CleanedRegistry
+from proxy.fleet.fleet import Fleet
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.proxy")
@@ -88,11 +89,14 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         probes.observe(decision, rec.error_type)
         rollouts.observe(decision, rec)
 
+    fleet = Fleet(config, metrics)
+    recorder.installed = fleet.installed_anywhere
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
-                          on_result=on_result)
+                          fleet, on_result=on_result)
 
     def apply(new: ProxyConfig, old: ProxyConfig) -> None:
         forwarder.update_config(new)
+        fleet.update_config(new)
         control.apply_config(new, old)
 
     def record_reload(ok: bool, error: str | None) -> None:
@@ -128,6 +132,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
             assert forwarder.session is not None
             tasks.append(asyncio.create_task(reconciler.run(forwarder.session)))
         notifier.session = forwarder.session
+        # With one server there is nothing to choose: no discovery or health traffic to it.
+        tasks.append(asyncio.create_task(run_fleet(fleet, lambda: forwarder.session)))
         tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
                                                       lambda: forwarder.session)))
         yield
@@ -149,6 +155,17 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
+
+
+async def run_fleet(fleet: Fleet, session: Callable[[], aiohttp.ClientSession | None]) -> None:
+    """Discovery and health checks while there are several servers (a reload may add some)."""
+    while True:
+        if fleet.several:
+            try:
+                await fleet.run(session, while_=lambda: fleet.several)
+            except Exception:
+                log.exception("fleet discovery failed; retrying")
+        await asyncio.sleep(1.0)
 
 
 async def run_rollouts(rollouts: Rollouts, interval: Callable[[], float],

@@ -56,6 +56,19 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class UpstreamServer:
+    """One Ollama server of the fleet (proxy.fleet)."""
+
+    name: str
+    url: str
+    parallel: int = 1  # OLLAMA_NUM_PARALLEL there: slots per loaded model
+    dedicated: bool = False  # given as models.M.upstream: serves only the models pinned to it
+
+
+DEFAULT_SERVER = "default"  # the name of the server given by plain `upstream:`
+
+
+@dataclass(frozen=True)
 class Admission:
     max_in_flight: int = 0  # 0: admission control off
     max_queue: int = 100
@@ -138,7 +151,16 @@ class RouteConfig:
 class ProxyConfig:
     listen: str = DEFAULT_LISTEN
     upstream: str = "http://127.0.0.1:11434"
-    model_upstreams: Mapping[str, str] = field(default_factory=dict)
+    model_upstreams: Mapping[str, str] = field(default_factory=dict)  # models.M.upstream: URL (compat)
+    # The fleet: every Ollama server by name, and the models pinned to some of them. Plain
+    # `upstream:` is a fleet of one named "default"; models.M.upstream: URL adds a server
+    # named after its host and port and pins M to it.
+    servers: Mapping[str, UpstreamServer] = field(default_factory=dict)
+    model_pins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    discovery_interval: float = 10.0
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    retries: int = 1
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     state_file: str | None = None
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
@@ -169,7 +191,11 @@ class ProxyConfig:
     config_path: str | None = None
 
     def upstream_for(self, model: str) -> str:
-        return self.model_upstreams.get(model, self.upstream)
+        """The URL of the first server ``model`` is pinned to, else of the first server."""
+        pins = self.model_pins.get(model)
+        if pins:
+            return self.servers[pins[0]].url
+        return next(iter(self.servers.values())).url if self.servers else self.upstream
 
 
 # --- every key of the file, declared once (defaults come from the dataclasses above) ----------
@@ -251,10 +277,17 @@ ROUTE = Section("route", "A route alias: clients ask for it by name (\"model\": 
 ), model=RouteConfig, nullable=False,
     needs=(("canary_weight", "canary", "is above 0 but the route has no canary model"),))
 
-MODEL = Section("model", "Where one model is served, when not by `upstream`.", (
-    Setting("upstream", "ollama_url", "This model's Ollama, written like OLLAMA_HOST. Must not be the "
-            "proxy's own listen address."),
+MODEL = Section("model", "Where one model is served, when not by every server that has it.", (
+    Setting("upstream", "ollama_url", "This model's Ollama, written like OLLAMA_HOST (a server of its own, named "
+            "after its host and port). Must not be the proxy's own listen address.", nullable=True),
+    Setting("upstreams", "strings", "Names (under `upstreams`) of the only servers that may serve this model."),
 ))
+
+UPSTREAM = Section("upstream", "One Ollama server of the fleet.", (
+    Setting("url", "ollama_url", "Its address, written like OLLAMA_HOST.", required="the server's address"),
+    Setting("parallel", "integer", "OLLAMA_NUM_PARALLEL on that server: requests one loaded model serves at once "
+            "(embedding models: always 1).", minimum=1),
+), model=UpstreamServer, nullable=False)
 
 TIMEOUTS = Section("timeouts", "Durations: seconds, or e.g. 30s, 5m.", (
     Setting("connect", "duration", "Connecting to Ollama.", minimum=0.001),
@@ -324,7 +357,16 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
     Setting("upstream", "ollama_url", "Ollama's address, written like OLLAMA_HOST: host, host:port or "
             "http(s)://host[:port][/path]. Must not be the proxy's own listen address.",
             flag="--upstream", env="OLLAMA_SIDECAR_UPSTREAM", env_below_file="OLLAMA_HOST"),
-    Setting("models", "map", "Models served by another Ollama than upstream, by model name.", section=MODEL),
+    Setting("upstreams", "map", "Several Ollama servers by name; replaces `upstream`. Each request goes to a "
+            "healthy server that has the model, preferring one where it is loaded.", section=UPSTREAM),
+    Setting("models", "map", "Where models are served, by model name.", section=MODEL),
+    Setting("discovery_interval", "duration", "Time between two reads of each server's installed and loaded "
+            "models (/api/tags, /api/ps).", minimum=0.1),
+    Setting("health_interval", "duration", "Time between two health checks (/api/version) of each server.",
+            minimum=0.1),
+    Setting("health_timeout", "duration", "How long a health check may take.", minimum=0.01),
+    Setting("retries", "integer", "Other servers tried when the chosen one fails before the first byte reached "
+            "the client (refused, timed out, busy 503, a 5xx before the body).", minimum=0),
     Setting("routes", "map", "Route aliases by name.", section=ROUTE),
     Setting("state_file", "string", "File where rollbacks and changes made through the admin API survive "
             "restarts.", nullable=True),
@@ -383,9 +425,22 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
     metrics = METRICS.read(top.get("metrics"), "metrics", inputs)
     decisions = _parse_decisions(top.get("decisions"), inputs)
     notify = NOTIFY.read(top.get("notify"), "notify", inputs)
+    model_upstreams, model_pins = _parse_models(top.get("models"), inputs)
+    servers = _parse_servers(top.get("upstreams"), plain.get("upstream", ProxyConfig.upstream), inputs)
+    for model, url in model_upstreams.items():
+        name = _server_name(url)
+        servers.setdefault(name, UpstreamServer(name, url, dedicated=True))
+        model_pins[model] = (name,)
+    for model, names in model_pins.items():
+        unknown = [n for n in names if n not in servers]
+        if unknown:
+            raise ConfigError(f"models.{model}.upstreams", f"no server named {', '.join(unknown)} under `upstreams` "
+                                                           f"(known: {', '.join(sorted(servers))})")
     config = ProxyConfig(
         **plain,
-        model_upstreams=_parse_models(top.get("models"), inputs),
+        model_upstreams=model_upstreams,
+        servers=servers,
+        model_pins=model_pins,
         decisions=decisions,
         notify_url=notify.get("url"),
         notify_timeout=notify.get("timeout", 5.0),
@@ -404,13 +459,41 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
     return config
 
 
-def _parse_models(value: Any, inputs: Inputs) -> dict[str, str]:
-    out = {}
+def _parse_models(value: Any, inputs: Inputs) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    urls, pins = {}, {}
     for model, spec in mapping(value, "models").items():
         entry = MODEL.read(spec, f"models.{model}", inputs)
+        if "upstream" in entry and "upstreams" in entry:
+            raise ConfigError(f"models.{model}", "give `upstream` (a URL) or `upstreams` (server names), not both")
         if "upstream" in entry:
-            out[str(model)] = entry["upstream"]
-    return out
+            urls[str(model)] = entry["upstream"]
+        if entry.get("upstreams"):
+            pins[str(model)] = tuple(entry["upstreams"])
+    return urls, pins
+
+
+def _parse_servers(value: Any, upstream: str, inputs: Inputs) -> dict[str, UpstreamServer]:
+    """``upstreams:`` by name, else plain ``upstream`` as a fleet of one named "default"."""
+    if value is None:
+        return {DEFAULT_SERVER: UpstreamServer(DEFAULT_SERVER, upstream)}
+    if inputs.origins.get("upstream") not in (None, "the default", "OLLAMA_HOST"):
+        raise ConfigError("upstreams", f"give `upstreams` (several servers) or `upstream` (one), not both "
+                                       f"(upstream from {inputs.origins['upstream']})")
+    servers = {}
+    for name, spec in mapping(value, "upstreams").items():
+        name = str(name)
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError(f"upstreams.{name}", "a server name is letters, digits, '-', '_' or '.'")
+        servers[name] = UpstreamServer(name, **UPSTREAM.read(spec, f"upstreams.{name}", inputs))
+    if not servers:
+        raise ConfigError("upstreams", "needs at least one server")
+    return servers
+
+
+def _server_name(url: str) -> str:
+    """A server given only by its URL (models.M.upstream) is named after its host and port."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _parse_decisions(value: Any, inputs: Inputs) -> DecisionSettings:
@@ -513,6 +596,8 @@ def _refuse_self_loops(config: ProxyConfig, origins: Mapping[str, str]) -> None:
     itself until the connections run out; refuse to start (or reload) and say why."""
     upstreams = {"upstream": config.upstream}
     upstreams.update({f"models.{m}.upstream": url for m, url in config.model_upstreams.items()})
+    upstreams.update({f"upstreams.{s.name}.url": s.url for s in config.servers.values()
+                      if s.name != DEFAULT_SERVER})
     for key, url in upstreams.items():
         if not _reaches(url, config.listen):
             continue

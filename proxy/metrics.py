@@ -51,10 +51,11 @@ REQUESTS = MetricSpec(
 )
 ROUTE_REQUESTS = MetricSpec(
     "ollama_proxy_route_requests_total", "counter",
-    "Requests by route, arm, model and error type, without the session label. Every route "
-    "arm's success and server-side failure series exist from start at 0, so rate() sees the "
-    "first failure (on a series born at 1 it would not): alerts and reports read this one.",
-    ("route", "arm", "model", "error_type"),
+    "Requests by route, arm, model, the server that answered (upstream) and error type, without "
+    "the session label. Every route arm's success and server-side failure series exist from start "
+    "at 0 on every server, so rate() sees the first failure (on a series born at 1 it would not): "
+    "alerts and reports read this one.",
+    ("route", "arm", "model", "upstream", "error_type"),
 )
 REQUEST_DURATION = MetricSpec(
     "ollama_proxy_request_duration_seconds", "histogram",
@@ -128,6 +129,64 @@ BUILD_INFO = MetricSpec(
     "ollama_proxy_build_info", "gauge",
     "Always 1; the proxy's version in a label.",
     ("version",),
+)
+
+# --- the fleet of Ollama servers (proxy.fleet) ------------------------------------------
+UPSTREAM_UP = MetricSpec(
+    "ollama_proxy_upstream_up", "gauge",
+    "1 while the server is healthy (its health check passes and traffic has not ejected it).",
+    ("upstream",),
+)
+UPSTREAM_IN_FLIGHT = MetricSpec(
+    "ollama_proxy_upstream_in_flight", "gauge", "Requests this proxy has in flight on the server.", ("upstream",))
+UPSTREAM_SATURATION = MetricSpec(
+    "ollama_proxy_upstream_saturation", "gauge",
+    "Requests in flight for the server's busiest model over its parallel slots (1 = every slot busy).",
+    ("upstream",),
+)
+UPSTREAM_QUEUED = MetricSpec(
+    "ollama_proxy_upstream_queued", "gauge",
+    "Estimated requests waiting in the server's queue: this proxy's in-flight requests beyond `parallel` "
+    "per model (Ollama exposes no queue length).",
+    ("upstream",),
+)
+UPSTREAM_REQUESTS = MetricSpec(
+    "ollama_proxy_upstream_requests_total", "counter",
+    "Attempts on each server by outcome (ok, error: a 5xx or a cut stream, connect: refused or timed out).",
+    ("upstream", "outcome"),
+)
+UPSTREAM_RETRIES = MetricSpec(
+    "ollama_proxy_upstream_retries_total", "counter",
+    "Requests retried on another server because this one failed before the first byte, by reason "
+    "(connect, timeout, busy, server_error).",
+    ("upstream", "reason"),
+)
+UPSTREAM_EJECTIONS = MetricSpec(
+    "ollama_proxy_upstream_ejections_total", "counter",
+    "Times the server was taken out of rotation, by reason (connect, errors, health_check).",
+    ("upstream", "reason"),
+)
+UPSTREAM_MODEL_LOADED = MetricSpec(
+    "ollama_proxy_upstream_model_loaded", "gauge",
+    "1 for each model loaded on each server, as its /api/ps said at the last discovery.",
+    ("upstream", "model"),
+)
+COLD_LOADS = MetricSpec(
+    "ollama_proxy_cold_loads_total", "counter",
+    "Requests that had to wait for the server to load the model (load_duration at least decisions.load_wait).",
+    ("upstream", "model"),
+)
+BALANCER_DECISIONS = MetricSpec(
+    "ollama_proxy_balancer_decisions_total", "counter",
+    "Why the balancer chose a server: loaded (the model was loaded there), cold (loaded nowhere), affinity "
+    "(the session's server), saturated (every server with it loaded was full), failover (a retry).",
+    ("reason",),
+)
+UPSTREAM_TOKENS = MetricSpec(
+    "ollama_proxy_upstream_tokens_total", "counter",
+    "Tokens processed per server, kind=\"prompt\" or \"completion\" (no session label), to join with the "
+    "exporter's per-host series (energy per token).",
+    ("upstream", "model", "kind"),
 )
 
 # --- routing control plane -----------------------------------------------------------
@@ -223,6 +282,8 @@ ALL: tuple[MetricSpec, ...] = (
     UPSTREAM_LOAD_DURATION, UPSTREAM_PROMPT_EVAL_DURATION, UPSTREAM_EVAL_DURATION,
     IN_FLIGHT, QUEUE_LENGTH, SESSION_LABELS, SESSION_LABELS_EVICTED, UNPARSED_LINES,
     BUILD_INFO,
+    UPSTREAM_UP, UPSTREAM_IN_FLIGHT, UPSTREAM_SATURATION, UPSTREAM_QUEUED, UPSTREAM_REQUESTS, UPSTREAM_RETRIES,
+    UPSTREAM_EJECTIONS, UPSTREAM_MODEL_LOADED, COLD_LOADS, BALANCER_DECISIONS, UPSTREAM_TOKENS,
     ROUTE_INFO, ROUTE_CANARY_WEIGHT, ROUTE_ROLLED_BACK, ROUTE_CHANGES,
     BREAKER_CANARY_FAILURE_RATIO, BREAKER_LOG_LIKELIHOOD_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
     ROLLOUT_PHASE, ROLLOUT_STEP, ROLLOUT_ANALYSES, ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_LIMIT, ROLLOUT_NOTIFICATIONS,
@@ -265,6 +326,7 @@ class Arm(StrEnum):
 NO_ROUTE = "none"  # route: the client asked for a model, not a route alias
 NO_MODEL = "none"  # model: the request names no model (passthrough, refused early)
 NO_SESSION = "none"  # session: the request carried no session id
+NO_UPSTREAM = "none"  # upstream: no server was tried (refused before, or no server has the model)
 OVERFLOW = "other"  # a capped label (session, model) that is full
 UNCONFIRMED_MODEL = "unknown"  # model: a name Ollama did not confirm (404, failed request)
 
@@ -313,6 +375,17 @@ class ProxyMetrics:
         self.session_labels_evicted = m(SESSION_LABELS_EVICTED)
         self.unparsed_lines = m(UNPARSED_LINES)
         self.build_info = m(BUILD_INFO)
+        self.upstream_up = m(UPSTREAM_UP)
+        self.upstream_in_flight = m(UPSTREAM_IN_FLIGHT)
+        self.upstream_saturation = m(UPSTREAM_SATURATION)
+        self.upstream_queued = m(UPSTREAM_QUEUED)
+        self.upstream_requests = m(UPSTREAM_REQUESTS)
+        self.upstream_retries = m(UPSTREAM_RETRIES)
+        self.upstream_ejections = m(UPSTREAM_EJECTIONS)
+        self.upstream_model_loaded = m(UPSTREAM_MODEL_LOADED)
+        self.cold_loads = m(COLD_LOADS)
+        self.balancer_decisions = m(BALANCER_DECISIONS)
+        self.upstream_tokens = m(UPSTREAM_TOKENS)
         self.route_info = m(ROUTE_INFO)
         self.route_canary_weight = m(ROUTE_CANARY_WEIGHT)
         self.route_rolled_back = m(ROUTE_ROLLED_BACK)
@@ -337,4 +410,6 @@ class ProxyMetrics:
             self.config_reloads.labels(outcome)
         for outcome in ("sent", "failed"):
             self.rollout_notifications.labels(outcome)
+        for reason in ("loaded", "cold", "affinity", "saturated", "failover"):
+            self.balancer_decisions.labels(reason)
         self.queue_length.set(0)

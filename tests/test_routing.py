@@ -148,7 +148,8 @@ def test_route_series_exist_at_zero_before_the_first_request(httpserver, proxy_f
         for arm, model in (("stable", "qwen3:8b"), ("canary", "qwen3:8b-ft")):
             for error_type in ("none", "upstream_5xx", "timeout", "connect", "stream_interrupted"):
                 key = ("ollama_proxy_route_requests_total",
-                       tuple(sorted({"route": "chat", "arm": arm, "model": model, "error_type": error_type}.items())))
+                       tuple(sorted({"route": "chat", "arm": arm, "model": model, "upstream": "default",
+                                         "error_type": error_type}.items())))
                 assert scraped[key] == 0
         for reason in ("admin", "config", "breaker", "reconcile", "promote", "resume"):
             assert ("ollama_proxy_route_changes_total", (("reason", reason), ("route", "chat"))) in scraped

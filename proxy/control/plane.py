@@ -167,13 +167,19 @@ class ControlPlane:
         # series born at 1 hides its first increment from rate() and increase().
         for arm, model in ((Arm.STABLE, state.stable), (Arm.CANARY, state.canary)):
             if model:
-                for error_type in (ErrorType.NONE, *sorted(SERVER_SIDE_ERRORS)):
-                    m.route_requests.labels(state.name, arm, canonical_model(model), error_type)
+                for upstream in self._servers_for(model):
+                    for error_type in (ErrorType.NONE, *sorted(SERVER_SIDE_ERRORS)):
+                        m.route_requests.labels(state.name, arm, canonical_model(model), upstream, error_type)
                 m.model_load_waits.labels(state.name, arm, canonical_model(model))
         for reason in ROUTE_CHANGE_REASONS:
             m.route_changes.labels(state.name, reason)
         m.route_canary_weight.labels(state.name).set(state.effective_weight)
         m.route_rolled_back.labels(state.name).set(1 if state.rolled_back else 0)
+
+    def _servers_for(self, model: str) -> tuple[str, ...]:
+        """The servers that may serve ``model``: its pinned ones, else every shared one."""
+        pins = self.config.model_pins.get(model) or self.config.model_pins.get(canonical_model(model))
+        return pins or tuple(s.name for s in self.config.servers.values() if not s.dedicated)
 
     def _commit(self, new: RouteState, reason: str) -> RouteState:
         old = self.routes.routes[new.name]

@@ -28,6 +28,7 @@ class Decision:
     arm: Arm
     model: str  # the model that serves the request
     upstream: str  # base URL of the Ollama that serves it
+    server: str = ""  # that Ollama's name in the config (set once the fleet chose it)
 
 
 @dataclass(frozen=True)

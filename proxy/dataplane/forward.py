@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import urllib.parse
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,11 @@ from proxy.dataplane.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, 
 from proxy.dataplane.passthrough import Passthrough
 from proxy.dataplane.sessions import extract_session
 from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
-from proxy.metrics import NO_MODEL, NO_ROUTE, Arm, ErrorType
+from proxy.fleet.balancer import Choice
+from proxy.fleet import fleet
+from proxy.fleet.fleet import Fleet
+from proxy.fleet.servers import Server
+from proxy.metrics import NO_MODEL, NO_ROUTE, SERVER_SIDE_ERRORS, Arm, ErrorType
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -56,12 +61,13 @@ class Forwarder:
     """The catch-all handler; one per application."""
 
     def __init__(self, config: ProxyConfig, recorder: Recorder, routes: RouteTable,
-                 admission: AdmissionControl, on_result: Any = None) -> None:
+                 admission: AdmissionControl, fleet: Fleet, on_result: Any = None) -> None:
         self.recorder = recorder
         self.routes = routes
         self.admission = admission
+        self.fleet = fleet
         self.upstream = Upstream(config.timeouts)
-        self.passthrough = Passthrough(self.upstream, recorder, routes)
+        self.passthrough = Passthrough(self.upstream, recorder, routes, fleet)
         # Called with (decision, error_type) after each routed request (the breaker).
         self.on_result = on_result
         self.update_config(config)
@@ -97,7 +103,7 @@ class Forwarder:
             return error_response(path, err)
         endpoint = ENDPOINTS.get(path) if request.method == "POST" else None
         if endpoint is None:
-            return await self.passthrough.handle(request, self.config.upstream, start, self._drop)
+            return await self.passthrough.handle(request, start, self._drop)
         return await self._instrumented(request, endpoint, start)
 
     def _authorize(self, request: web.Request) -> None:
@@ -146,6 +152,7 @@ class Forwarder:
             decision = self.routes.decide(requested, key)
             rec.route, rec.arm = decision.route, decision.arm
             rec.model, rec.model_admitted = self.recorder.model_label(decision.model, decision.route != NO_ROUTE)
+            choice = await self._choose(decision.model, key, embedding=not endpoint.generates)
 
             stream = body.get("stream", endpoint.stream_default) is not False
             strip_usage = False
@@ -162,13 +169,19 @@ class Forwarder:
 
             headers = forward_headers(request.headers, frozenset({"accept-encoding"}) | self._drop)
             in_flight = self.recorder.metrics.in_flight.labels(decision.route, decision.arm, rec.model)
+            held: list[Server] = []
             async with self.admission.slot():
                 in_flight.inc()
                 try:
                     rec.status, rec.error_type, response = await self._exchange(
-                        request, endpoint, decision, raw, headers, strip_usage, stats)
+                        request, endpoint, decision, choice, raw, headers, strip_usage, stats, rec, held)
                 finally:
                     in_flight.dec()
+                    for server in held:
+                        self.fleet.release(server, decision.model)
+                        self.fleet.outcome(server, fleet.ERROR if rec.error_type in SERVER_SIDE_ERRORS else fleet.OK)
+                        if rec.load_wait:
+                            self.fleet.cold_load(server, decision.model)
             return response
         except ProxyError as err:
             rec.error_type, rec.status = err.error_type, err.status
@@ -198,11 +211,56 @@ class Forwarder:
         response.headers["X-Sidecar-Route"] = header_value(d.route)
         response.headers["X-Sidecar-Arm"] = d.arm
         response.headers["X-Sidecar-Model"] = header_value(d.model)
+        if d.server:
+            response.headers["X-Sidecar-Upstream"] = header_value(d.server)
 
-    async def _exchange(self, request: web.Request, endpoint: Endpoint, decision: Decision, raw: bytes,
-                        headers: CIMultiDict[str], strip_usage: bool,
-                        stats: ReplyStats) -> tuple[int, ErrorType, web.StreamResponse]:
-        resp = await self.upstream.send(request, decision.upstream, raw, headers)
+    async def _choose(self, model: str, session: str | None, embedding: bool) -> Choice:
+        """The servers for ``model``, best first. A model no cached list has gets one fresh
+        look at every server first; installed nowhere, it is Ollama's own 404."""
+        choice = self.fleet.choose(model, session, embedding)
+        if choice is None and self.upstream.session is not None:
+            await self.fleet.refresh_models(self.upstream.session)
+            choice = self.fleet.choose(model, session, embedding)
+        if choice is None:
+            raise ProxyError(404, ErrorType.MODEL_NOT_FOUND, f'model "{model}" not found, try pulling it first')
+        return choice
+
+    async def _send(self, request: web.Request, decision: Decision, choice: Choice, raw: bytes,
+                    headers: CIMultiDict[str], held: list[Server]) -> tuple[aiohttp.ClientResponse, Decision]:
+        """Send to the best server; before the first byte reached the client, a refused or
+        timed-out connection, a busy 503 or another 5xx moves the request to the next one
+        (at most ``retries`` times). The server sending the reply is appended to ``held``."""
+        servers = choice.servers[: self.config.retries + 1]
+        for i, server in enumerate(servers):
+            last = i == len(servers) - 1
+            self.fleet.acquire(server, decision.model)
+            try:
+                resp = await self.upstream.send(request, server.url, raw, headers)
+            except ProxyError as err:
+                self.fleet.release(server, decision.model)
+                self.fleet.outcome(server, fleet.CONNECT, connect=True)
+                if last or err.error_type not in (ErrorType.CONNECT, ErrorType.TIMEOUT):
+                    if choice.all_down:
+                        err.message += " (every server that has the model is down; tried anyway)"
+                    raise
+                self.fleet.retried(server, fleet.RETRY_TIMEOUT if err.error_type == ErrorType.TIMEOUT
+                                   else fleet.RETRY_CONNECT)
+                continue
+            if resp.status >= 500 and not last:
+                resp.close()
+                self.fleet.release(server, decision.model)
+                self.fleet.outcome(server, fleet.ERROR)
+                self.fleet.retried(server, fleet.RETRY_BUSY if resp.status == 503 else fleet.RETRY_SERVER_ERROR)
+                continue
+            held.append(server)
+            return resp, replace(decision, upstream=server.url, server=server.name)
+        raise AssertionError("unreachable: the last server's answer is returned")
+
+    async def _exchange(self, request: web.Request, endpoint: Endpoint, decision: Decision, choice: Choice,
+                        raw: bytes, headers: CIMultiDict[str], strip_usage: bool, stats: ReplyStats,
+                        rec: RequestRecord, held: list[Server]) -> tuple[int, ErrorType, web.StreamResponse]:
+        resp, decision = await self._send(request, decision, choice, raw, headers, held)
+        rec.upstream = decision.server
         try:
             status = resp.status
             error_type = classify_upstream_status(status, instrumented=True)

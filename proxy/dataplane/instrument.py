@@ -22,8 +22,8 @@ from proxy.config import ProxyConfig
 from proxy.dataplane.label_values import clean_label
 from proxy.dataplane.observe import ENDPOINTS, ReplyStats
 from proxy.dataplane.sessions import SessionLabels, keyed_session_label, session_hash
-from proxy.metrics import (NO_MODEL, NO_ROUTE, NO_SESSION, OVERFLOW, UNCONFIRMED_MODEL, Arm, ErrorType, ProxyMetrics,
-                           remove_series)
+from proxy.metrics import (NO_MODEL, NO_ROUTE, NO_SESSION, NO_UPSTREAM, OVERFLOW, UNCONFIRMED_MODEL, Arm, ErrorType,
+                           ProxyMetrics, remove_series)
 
 access_log = logging.getLogger("ollama_sidecar.access")
 
@@ -55,6 +55,7 @@ class RequestRecord:
     # first token of a successful, warm request, and whether it waited for a model load.
     ttft: float | None = None
     load_wait: bool = False
+    upstream: str = NO_UPSTREAM  # the server that answered (its name in the config)
 
 
 class Recorder:
@@ -69,6 +70,8 @@ class Recorder:
         self.model_label_cap = config.model_label_cap
         self.access_log = config.access_log
         self.load_wait = config.decisions.load_wait
+        # Whether a server lists the model as installed (the fleet's discovery); set by the app.
+        self.installed: Callable[[str], bool] = lambda model: False
         self._direct_models: set[str] = set()
         # session label -> label tuples it was used with, per metric
         self._request_series: dict[str, set[tuple[str, ...]]] = defaultdict(set)
@@ -101,9 +104,13 @@ class Recorder:
 
     def _confirm_model(self, rec: RequestRecord) -> None:
         """A name Ollama has not confirmed (a typo, a scanner's guess, a request that failed
-        before Ollama could say) gets no series of its own and keeps no slot."""
+        before Ollama could say) gets no series of its own and keeps no slot. A model a
+        server lists as installed keeps its label even when every request to it fails (a
+        model that cannot load answers 500): the on-call must see which one is broken."""
         if rec.route != NO_ROUTE or not (rec.error_type == ErrorType.MODEL_NOT_FOUND
                                          or (rec.model_admitted and not 200 <= rec.status < 300)):
+            return
+        if rec.error_type != ErrorType.MODEL_NOT_FOUND and self.installed(rec.model):
             return
         self._direct_models.discard(rec.model)
         if rec.model_admitted:
@@ -133,7 +140,7 @@ class Recorder:
         self._request_series[session].add(labels)
         m.requests.labels(*labels).inc()
         if rec.endpoint in ENDPOINTS:
-            m.route_requests.labels(rec.route, rec.arm, rec.model, rec.error_type).inc()
+            m.route_requests.labels(rec.route, rec.arm, rec.model, rec.upstream, rec.error_type).inc()
         m.request_duration.labels(*base).observe(rec.duration)
         stats = rec.stats
         if stats is not None:
@@ -142,6 +149,7 @@ class Recorder:
                     token_labels = (*base, session, kind)
                     self._token_series[session].add(token_labels)
                     m.tokens.labels(*token_labels).inc(count)
+                    m.upstream_tokens.labels(rec.upstream, rec.model, kind).inc(count)
             for hist, value in ((m.load_duration, stats.load_duration),
                                 (m.prompt_eval_duration, stats.prompt_eval_duration),
                                 (m.eval_duration, stats.eval_duration)):

@@ -25,6 +25,7 @@ from proxy.dataplane.errors import ProxyError, classify_upstream_status, error_r
 from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.observe import endpoint_label
 from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
+from proxy.fleet.fleet import Fleet
 from proxy.metrics import ErrorType
 
 log = logging.getLogger("ollama_sidecar.proxy")
@@ -33,17 +34,48 @@ SMALL_BODY = 1 << 20  # replies up to this size with a Content-Length are relaye
 SHOW_LIMIT = 1 << 20  # an /api/show request larger than this is not looked into
 
 
+# Model management changes one server's models: with several servers the client names it.
+MANAGEMENT = frozenset({"/api/pull", "/api/create", "/api/delete", "/api/copy", "/api/push"})
+# Listings that answer for the whole fleet: the union over the servers.
+LISTINGS = frozenset({"/api/tags", "/api/ps"})
+TARGET_HEADER = "X-Sidecar-Upstream"
+TARGET_PARAM = "upstream"
+
+
 class Passthrough:
-    def __init__(self, upstream: Upstream, recorder: Recorder, routes: RouteTable) -> None:
+    def __init__(self, upstream: Upstream, recorder: Recorder, routes: RouteTable, fleet: Fleet) -> None:
         self.upstream = upstream
         self.recorder = recorder
         self.routes = routes
+        self.fleet = fleet
 
-    async def handle(self, request: web.Request, upstream: str, start: float,
+    def _target(self, request: web.Request) -> str:
+        """The server a passthrough request goes to: the one it names (X-Sidecar-Upstream
+        or ?upstream=), else the first healthy one; model management with several servers
+        must name one."""
+        named = request.headers.get(TARGET_HEADER) or request.query.get(TARGET_PARAM)
+        servers = self.fleet.servers
+        if named:
+            if named not in servers:
+                raise ProxyError(400, ErrorType.BAD_REQUEST, f"no upstream named {named!r} (known: "
+                                 f"{', '.join(sorted(servers))})")
+            return servers[named].url
+        if self.fleet.several and request.path in MANAGEMENT:
+            raise ProxyError(400, ErrorType.BAD_REQUEST, f"{request.path} changes one server's models and this proxy "
+                             f"has several ({', '.join(sorted(servers))}): name one with the header "
+                             f"'{TARGET_HEADER}: NAME' or '?{TARGET_PARAM}=NAME'")
+        healthy = [s for s in servers.values() if s.up and not s.config.dedicated]
+        return (healthy or list(servers.values()))[0].url
+
+    async def handle(self, request: web.Request, start: float,
                      drop: frozenset[str] = frozenset()) -> web.StreamResponse:
         endpoint = endpoint_label(request.path)
         error_type = ErrorType.NONE
         try:
+            if self.fleet.several and request.method == "GET" and request.path in LISTINGS \
+                    and not (request.headers.get(TARGET_HEADER) or request.query.get(TARGET_PARAM)):
+                return await self._union(request)
+            upstream = self._target(request)
             alias, data, headers, path = await self._alias_request(request, drop)
             streaming_body = data is request.content
             if streaming_body and request.content_length is not None and "Transfer-Encoding" not in request.headers:
@@ -75,6 +107,31 @@ class Passthrough:
         finally:
             self.recorder.record(RequestRecord(endpoint, error_type=error_type,
                                                duration=time.perf_counter() - start))
+
+    async def _union(self, request: web.Request) -> web.Response:
+        """``/api/tags`` or ``/api/ps`` over every healthy server: each model once (the first
+        server's entry), with route aliases added as for one server."""
+        servers = [s for s in self.fleet.servers.values() if s.up] or list(self.fleet.servers.values())
+        session = self.upstream.session
+        assert session is not None
+
+        async def listing(url: str) -> list[dict]:
+            try:
+                async with session.get(f"{url.rstrip('/')}{request.path}",
+                                       timeout=aiohttp.ClientTimeout(total=self.upstream.timeouts.connect + 5)) as r:
+                    doc = await r.json(content_type=None) if r.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return []
+            models = doc.get("models") if isinstance(doc, dict) else None
+            return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+        merged: dict[str, dict] = {}
+        for models in await asyncio.gather(*(listing(s.url) for s in servers)):
+            for m in models:
+                merged.setdefault(str(m.get("name") or m.get("model")), m)
+        body = json.dumps({"models": list(merged.values())}).encode()
+        body = self._with_aliases(request, 200, body, None)
+        return web.Response(status=200, body=body, content_type="application/json")
 
     async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, upstream: str,
                      alias: str | None) -> tuple[web.StreamResponse, bool]:

@@ -5,7 +5,7 @@
 """
 
 from proxy.simulator.app import RunningSimulator, build_app, running_simulator
-from proxy.simulator.client import get_profiles, get_stats, reset, set_profile, unload
+from proxy.simulator.client import get_profiles, get_stats, reset, set_profile, set_scheduler, unload
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, ModelProfile, ProfileError, load_profiles
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "reset",
     "running_simulator",
     "set_profile",
+    "set_scheduler",
     "unload",
 ]

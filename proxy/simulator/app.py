@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.simulator import control, native, openai_compat
 from proxy.simulator.profiles import DEFAULT_PROFILES_PATH, ModelProfile, load_profiles, profiles_from_dict
+from proxy.simulator.scheduler import DEFAULT_MAX_QUEUE
 from proxy.simulator.state import SPLIT_WRITES_KEY, STATE_KEY, SimulatorState
 
 ProfilesArg = Mapping[str, ModelProfile] | Mapping[str, Mapping] | str | Path | None
@@ -45,14 +46,21 @@ async def _not_found_like_gin(request: web.Request, handler):
         return web.Response(status=405, text="405 method not allowed", content_type="text/plain")
 
 
-def build_app(profiles: ProfilesArg = None, seed: int | None = None, split_writes: bool = True) -> web.Application:
+def build_app(profiles: ProfilesArg = None, seed: int | None = None, split_writes: bool = True,
+              parallel: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE) -> web.Application:
     """The simulator as an aiohttp application (mount it with any runner).
 
-    Run it with ``handler_cancellation=True`` so requests whose client left stop at once;
-    without it they stop within ~50 ms by polling the transport.
+    ``parallel``: slots per loaded model (``OLLAMA_NUM_PARALLEL``); None, the in-process
+    default, sets no limit, so tests that hold hundreds of streams open at once keep doing
+    so; pass a number to test queueing (``ollama-sidecar simulate`` defaults to 4).
+    ``max_queue``: requests that may wait before the rest get 503 (``OLLAMA_MAX_QUEUE``).
+
+    Run it with ``handler_cancellation=True`` so requests whose client left stop at once
+    (and leave their slot or queue place); without it they stop within ~50 ms by polling
+    the transport once they run.
     """
     app = web.Application(middlewares=[_not_found_like_gin])
-    state = SimulatorState(coerce_profiles(profiles), seed)
+    state = SimulatorState(coerce_profiles(profiles), seed, parallel, max_queue)
     app[STATE_KEY] = state
     app[SPLIT_WRITES_KEY] = split_writes
 
@@ -80,10 +88,14 @@ class RunningSimulator:
 
 @contextmanager
 def running_simulator(
-    profiles: ProfilesArg = None, seed: int | None = 0, split_writes: bool = True, host: str = "127.0.0.1", port: int = 0
+    profiles: ProfilesArg = None, seed: int | None = 0, split_writes: bool = True, host: str = "127.0.0.1", port: int = 0,
+    parallel: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> Iterator[RunningSimulator]:
-    """``with running_simulator(profiles=..., seed=1) as sim: requests.get(sim.url + "/api/ps")``."""
-    app = build_app(profiles, seed, split_writes)
+    """``with running_simulator(profiles=..., seed=1) as sim: requests.get(sim.url + "/api/ps")``.
+
+    ``parallel``/``max_queue`` as in ``build_app`` (no slot limit unless asked).
+    """
+    app = build_app(profiles, seed, split_writes, parallel, max_queue)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="ollama-simulator", daemon=True)
     thread.start()

@@ -25,12 +25,18 @@ def get_profiles(url: str) -> dict[str, dict[str, Any]]:
 
 
 def get_stats(url: str) -> dict[str, Any]:
-    """``{"requests": {model: {outcome: n}}, "total": n, "loaded": [model, ...]}``."""
+    """``{"requests": {model: {outcome: n}}, "total": n, "loaded": [model, ...], "scheduler": {"parallel": n,
+    "max_queue": n, "queued": n, "busy": n, "models": {model: {"slots", "in_flight", "queued", "busy"}}}}``."""
     return _check(requests.get(f"{url}/_simulator/stats", timeout=TIMEOUT))
 
 
+def set_scheduler(url: str, **limits: Any) -> dict[str, Any]:
+    """Change ``parallel`` (slots per model; None: no limit) and/or ``max_queue``; returns both."""
+    return _check(requests.patch(f"{url}/_simulator/scheduler", json=limits, timeout=TIMEOUT))
+
+
 def reset(url: str) -> dict[str, dict[str, Any]]:
-    """Profiles back to the file's, nothing loaded, stats cleared."""
+    """Profiles and scheduler limits back to the start's, nothing loaded, stats cleared."""
     return _check(requests.post(f"{url}/_simulator/reset", timeout=TIMEOUT))["models"]
 
 

@@ -2,7 +2,8 @@
 
 Plain JSON so a shell (``curl``), the e2e test and the demo drive it the same way. Changes
 apply to requests that arrive afterwards; a request in flight keeps the profile it started
-with, as a real fault would not rewrite what was already computed.
+with, as a real fault would not rewrite what was already computed. The scheduler's limits
+(``/_simulator/scheduler``) are the exception: more slots start waiting requests at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from aiohttp import web
 
 from proxy.simulator.profiles import ProfileError
+from proxy.simulator.scheduler import check_limits
 from proxy.simulator.state import SimulatorState, state_of
 from proxy.simulator.wire import json_reply, native_error
 
@@ -55,7 +57,33 @@ async def stats(request: web.Request) -> web.Response:
     state = state_of(request)
     requests = {model: dict(sorted(counts.items())) for model, counts in sorted(state.stats.items())}
     loaded = [name for name, _ in state.loaded_models()]
-    return json_reply({"requests": requests, "total": sum(sum(c.values()) for c in state.stats.values()), "loaded": loaded})
+    return json_reply({"requests": requests, "total": sum(sum(c.values()) for c in state.stats.values()), "loaded": loaded,
+                       "scheduler": state.scheduler.snapshot()})
+
+
+async def get_scheduler(request: web.Request) -> web.Response:
+    return json_reply(state_of(request).scheduler.limits())
+
+
+async def patch_scheduler(request: web.Request) -> web.Response:
+    """``{"parallel": 2, "max_queue": 0}`` (either or both; ``parallel: null`` = no limit)."""
+    scheduler = state_of(request).scheduler
+    try:
+        changes = json.loads(await request.text())
+    except json.JSONDecodeError as exc:
+        return native_error(400, f"body is not JSON: {exc}")
+    if not isinstance(changes, dict) or not changes:
+        return native_error(400, "body must be a non-empty JSON object with parallel and/or max_queue")
+    unknown = sorted(set(changes) - {"parallel", "max_queue"})
+    if unknown:
+        return native_error(400, f"unknown scheduler field(s): {', '.join(unknown)} (known: parallel, max_queue)")
+    try:
+        parallel, max_queue = check_limits(changes.get("parallel", scheduler.parallel),
+                                           changes.get("max_queue", scheduler.max_queue))
+    except ValueError as exc:
+        return native_error(400, str(exc))
+    scheduler.configure(parallel, max_queue)
+    return json_reply(scheduler.limits())
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -79,5 +107,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_simulator/models/{model:.+}", get_profile)
     app.router.add_patch("/_simulator/models/{model:.+}", patch_profile)
     app.router.add_get("/_simulator/stats", stats)
+    app.router.add_get("/_simulator/scheduler", get_scheduler)
+    app.router.add_patch("/_simulator/scheduler", patch_scheduler)
     app.router.add_post("/_simulator/reset", reset)
     app.router.add_post("/_simulator/unload/{model:.+}", unload)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from proxy.simulator.profiles import ModelProfile
+from proxy.simulator.scheduler import ServerBusy
 from proxy.simulator.state import SimulatorState
 from proxy.simulator.wire import ns, without_zeros
 
@@ -25,6 +26,10 @@ RUNNER_ERROR = "llama runner process has terminated: exit status 2"
 
 # Outcomes recorded in the stats, per model.
 OK, ERROR, MIDSTREAM_ERROR_OUTCOME, CUT, HANG, CANCELLED = "ok", "error", "midstream_error", "cut", "hang", "cancelled"
+BUSY = "busy"  # 503: the scheduler's queue was full
+
+# Where a request is with the scheduler, so ``end`` gives back what it holds.
+_OUTSIDE, _QUEUED, _IN_SLOT = "outside", "queued", "in_slot"
 
 _WORDS = (
     "the model answers with a short and plausible sentence about observability canary "
@@ -75,8 +80,8 @@ class ClientGone(Exception):
 
 @dataclass
 class Inference:
-    """Lifecycle: ``begin`` (hang / 500 / load / prompt eval) → ``tokens`` → ``final_metrics``
-    → ``end`` (always, in ``finally``)."""
+    """Lifecycle: ``begin`` (queue / 500 / load / slot / hang / prompt eval) → ``tokens`` →
+    ``final_metrics`` → ``end`` (always, in ``finally``)."""
 
     state: SimulatorState
     model: str  # profile name
@@ -92,6 +97,7 @@ class Inference:
     eval_count: int = 0
     failed_at: int | None = None  # token index where a mid-stream failure happens
     _acquired: bool = False
+    _scheduled: str = _OUTSIDE
 
     def __post_init__(self) -> None:
         self.profile = self.state.profiles[self.model]  # snapshot: later PATCHes apply to later requests
@@ -110,9 +116,25 @@ class Inference:
     async def begin(self, prompt_phase: float | None = None) -> str | None:
         """Run up to the first token. Returns an error message for an HTTP 500, else None.
 
-        A hanging request waits here until the client leaves or the server stops, then
-        raises ``ClientGone``: there is nobody left to answer.
+        Raises ``ServerBusy`` (answer 503) when the request would have to wait and the
+        scheduler's queue is full. Otherwise it waits its turn: for the model's load (shared
+        with every request for it) and then for one of its slots, which it holds until
+        ``end``. A hanging request holds its slot until the client leaves or the server
+        stops, then raises ``ClientGone``: there is nobody left to answer.
         """
+        scheduler = self.state.scheduler
+        try:
+            scheduler.admit(self.model, one_slot=self.profile.kind == "embedding", ready=self.state.is_loaded(self.model))
+        except ServerBusy:
+            self.outcome = BUSY
+            raise
+        self._scheduled = _QUEUED
+        if self.outcome == ERROR:
+            return RUNNER_ERROR
+        self.load_seconds = await self.state.acquire(self.model)
+        self._acquired = True
+        await scheduler.take_slot(self.model)
+        self._scheduled = _IN_SLOT
         if self.outcome == HANG:
             while not self.state.shutting_down.is_set() and not self.client_gone():
                 try:
@@ -120,10 +142,6 @@ class Inference:
                 except asyncio.TimeoutError:
                     pass
             raise ClientGone()
-        if self.outcome == ERROR:
-            return RUNNER_ERROR
-        self.load_seconds = await self.state.acquire(self.model)
-        self._acquired = True
         t0 = time.monotonic()
         await asyncio.sleep(self.profile.ttft_seconds if prompt_phase is None else prompt_phase)
         self.prompt_eval_seconds = time.monotonic() - t0
@@ -165,7 +183,12 @@ class Inference:
         )
 
     def end(self) -> None:
-        """Record the outcome and let the model's keep-alive clock start."""
+        """Free the slot (or the queue place), record the outcome, start the keep-alive clock."""
+        if self._scheduled == _IN_SLOT:
+            self.state.scheduler.release(self.model)
+        elif self._scheduled == _QUEUED:
+            self.state.scheduler.withdraw(self.model)
+        self._scheduled = _OUTSIDE
         if self._acquired:
             self.state.release(self.model, self.keep_alive)
             self._acquired = False

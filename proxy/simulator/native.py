@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from aiohttp import web
 
 from proxy.simulator import models_info
-from proxy.simulator.inference import (CUT, MIDSTREAM_ERROR, MIDSTREAM_ERROR_OUTCOME, ClientGone, Inference,
-                                       chat_prompt_tokens, embedding_vector, estimate_tokens)
+from proxy.simulator.inference import (CANCELLED, CUT, HANG, MIDSTREAM_ERROR, MIDSTREAM_ERROR_OUTCOME, ClientGone,
+                                       Inference, chat_prompt_tokens, embedding_vector, estimate_tokens)
 from proxy.simulator.parse import (BadRequest, ErrorFn, keep_alive_seconds, num_predict, read_body, require_model,
                                    stream_flag)
+from proxy.simulator.scheduler import BUSY_MESSAGE, ServerBusy
 from proxy.simulator.serve import client_gone, drop_connection, serve
 from proxy.simulator.state import SimulatorState, state_of
 from proxy.simulator.wire import NDJSON, json_reply, native_error, ndjson_line, rfc3339
@@ -169,8 +171,14 @@ async def embed_inputs(
             return drop_connection(request)
         dim = inference.profile.embedding_dim
         return [embedding_vector(inference.model, text, dim) for text in texts]
+    except ServerBusy:
+        return error(503, BUSY_MESSAGE)
     except ClientGone:
         return drop_connection(request)
+    except asyncio.CancelledError:
+        if inference.outcome != HANG:
+            inference.outcome = CANCELLED
+        raise
     finally:
         inference.end()
 

@@ -2,7 +2,7 @@
 
 The four generating endpoints differ only in how a token, the final object, an error and a
 whole reply are spelled; the fates (500 before streaming, error line, dropped connection,
-client leaving) are handled once here so they behave identically on every endpoint.
+client leaving, the scheduler's 503) are handled once here so they behave identically on every endpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.simulator.inference import (CANCELLED, CUT, HANG, MIDSTREAM_ERROR, MIDSTREAM_ERROR_OUTCOME, ClientGone,
                                        Inference)
+from proxy.simulator.scheduler import BUSY_MESSAGE, ServerBusy
 from proxy.simulator.state import SPLIT_WRITES_KEY
 from proxy.simulator.wire import StreamWriter
 
@@ -69,6 +70,8 @@ async def serve(request: web.Request, inference: Inference, fmt: WireFormat, str
         await writer.flush()
         await response.write_eof()
         return response
+    except ServerBusy:
+        return fmt.error(503, BUSY_MESSAGE)
     except ClientGone:
         return drop_connection(request)
     except (ConnectionError, asyncio.CancelledError) as exc:

@@ -18,6 +18,7 @@ from typing import Mapping
 from aiohttp import web
 
 from proxy.simulator.profiles import ModelProfile
+from proxy.simulator.scheduler import DEFAULT_MAX_QUEUE, Scheduler
 
 FOREVER_SECONDS = 10 * 365 * 24 * 3600.0  # Ollama shows a far-future expiry for keep_alive < 0
 
@@ -33,7 +34,8 @@ class LoadedModel:
 class SimulatorState:
     """Shared by every handler of one simulator app (one event loop, so no thread locks)."""
 
-    def __init__(self, profiles: Mapping[str, ModelProfile], seed: int | None = None) -> None:
+    def __init__(self, profiles: Mapping[str, ModelProfile], seed: int | None = None,
+                 parallel: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
         if not profiles:
             raise ValueError("the simulator needs at least one model profile")
         self.initial_profiles: dict[str, ModelProfile] = dict(profiles)
@@ -43,12 +45,14 @@ class SimulatorState:
         self.loaded: dict[str, LoadedModel] = {}
         self.stats: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._load_locks: dict[str, asyncio.Lock] = {}
+        self.scheduler = Scheduler(parallel, max_queue)
         self.shutting_down = asyncio.Event()
         self.started_at = time.time()
 
     def reset(self) -> None:
-        """Back to the state at start: the file's profiles, nothing loaded, no stats."""
+        """Back to the state at start: the file's profiles and limits, nothing loaded, no stats."""
         self.profiles = dict(self.initial_profiles)
+        self.scheduler.reset()
         self.rng = random.Random(self.seed)
         self.loaded.clear()
         self.stats.clear()
