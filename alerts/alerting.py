@@ -37,6 +37,9 @@ GPU_UNREADABLE = "OllamaGPUUnreadable"
 NVML_STALE = "OllamaNVMLStale"
 GPU_XID_ERRORS = "OllamaGPUXidErrors"
 GPU_THROTTLED = "OllamaGPUThrottled"
+UPSTREAM_DOWN = "OllamaUpstreamDown"
+FLEET_SATURATED = "OllamaFleetSaturated"
+COLD_LOADS_FREQUENT = "OllamaColdLoadsFrequent"
 ROLLOUT_STALLED = "OllamaRolloutStalled"
 ROLLOUT_FAILED = "OllamaRolloutFailed"
 
@@ -283,6 +286,36 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
             "GPU {{ $labels.uuid }} on {{ $labels.instance }} is throttled by heat or hardware",
             f"A thermal, hardware or power-brake clock-event reason has been active for {p.gpu_throttled_for}; "
             "the SM clock is held down and tokens/s drop (the power cap and idle do not fire this).",
+            u.gpus,
+        ),
+        Alert(
+            UPSTREAM_DOWN,
+            f"max by (upstream) ({pm.UPSTREAM_UP.name}{{{proxy}}}) == 0\n"
+            f"and on () count(max by (upstream) ({pm.UPSTREAM_UP.name}{{{proxy}}}) == 1) > 0",
+            p.upstream_down_for, "warning",
+            "Ollama server {{ $labels.upstream }} is out of the proxy's rotation",
+            "The proxy has not sent requests to {{ $labels.upstream }} for " + p.upstream_down_for + ": its health "
+            "check (/api/version) fails or traffic ejected it. The other servers serve its share.",
+            u.gpus,
+        ),
+        Alert(
+            FLEET_SATURATED,
+            f"min(\n  max by (upstream) ({pm.UPSTREAM_SATURATION.name}{{{proxy}}})\n"
+            f"  and on (upstream) max by (upstream) ({pm.UPSTREAM_UP.name}{{{proxy}}}) == 1\n) >= 1",
+            p.fleet_saturated_for, "warning",
+            "Every Ollama server is saturated",
+            "Every healthy server has as many requests in flight for its busiest model as it has parallel slots, "
+            f"for {p.fleet_saturated_for}: new requests wait in Ollama's queues (and get 503 once they are full).",
+            u.gpus,
+        ),
+        Alert(
+            COLD_LOADS_FREQUENT,
+            f"sum by (upstream) (rate({pm.COLD_LOADS.name}{{{proxy}}}[{p.window}])) * 60 > {p.cold_loads_per_minute:g}",
+            p.cold_loads_for, "warning",
+            "Ollama server {{ $labels.upstream }} keeps loading models",
+            f"More than {p.cold_loads_per_minute:g} requests a minute waited for {{{{ $labels.upstream }}}} to load "
+            f"their model, for {p.cold_loads_for}: models are evicted and reloaded (too many models for its memory, "
+            "OLLAMA_MAX_LOADED_MODELS or keep_alive too low).",
             u.gpus,
         ),
         Alert(

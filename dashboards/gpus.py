@@ -149,6 +149,33 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
                         "the spilled part points at configuration (num_gpu, OLLAMA_GPU_OVERHEAD, context), "
                         "not a full GPU.")), 6),
     )
+    P = s.proxy
+    PER_SERVER = "{{upstream}}"
+    lay.row(
+        "Ollama servers (the proxy's fleet)",
+        (c.timeseries("Servers up", (f"max by (upstream) ({pm.UPSTREAM_UP.name}{{{P}}})", PER_SERVER), "none",
+                      max_=1, description="1 while a server passes its health check (/api/version) and traffic "
+                                          "has not ejected it; the proxy sends it nothing while 0."), 6),
+        (c.timeseries("Saturation and queue by server", [
+            (f"max by (upstream) ({pm.UPSTREAM_SATURATION.name}{{{P}}})", "saturation " + PER_SERVER),
+            (f"sum by (upstream) ({pm.UPSTREAM_QUEUED.name}{{{P}}})", "queued (estimate) " + PER_SERVER),
+        ], "short", description="Saturation: the busiest model's requests in flight over its parallel slots (1 = "
+                                "full). Queued: requests beyond the slots, waiting in Ollama's own queue; an estimate "
+                                "from this proxy's requests, Ollama exposes no queue."), 6),
+        (c.table("Where each model is loaded", [
+            (f'max by (upstream, model) ({pm.UPSTREAM_MODEL_LOADED.name}{{{P}, model=~"$model"}})', "Loaded"),
+        ], "none", description="From each server's /api/ps at the proxy's last discovery: the balancer sends a "
+                               "model's requests where it is loaded."), 6),
+        (c.timeseries("Cold loads, failovers and ejections", [
+            (f'sum by (upstream) (rate({pm.COLD_LOADS.name}{{{P}, model=~"$model"}}[{c.RATE}]))',
+             "cold loads/s " + PER_SERVER),
+            (f"sum by (upstream) (rate({pm.UPSTREAM_RETRIES.name}{{{P}}}[{c.RATE}]))", "failovers/s " + PER_SERVER),
+            (f"sum by (upstream) (rate({pm.UPSTREAM_EJECTIONS.name}{{{P}}}[{c.RATE}]))",
+             "ejections/s " + PER_SERVER),
+        ], "ops", description="A cold load: a request that waited for the server to load the model. A failover: a "
+                              "request moved to the next server before its first byte. An ejection: a server taken "
+                              "out after a refused connection, server errors in a row, or failed health checks."), 6),
+    )
     lay.row(
         "Energy",
         (c.timeseries("Energy per generated token, per host",

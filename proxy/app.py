@@ -132,7 +132,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
             assert forwarder.session is not None
             tasks.append(asyncio.create_task(reconciler.run(forwarder.session)))
         notifier.session = forwarder.session
-        # With one server there is nothing to choose: no discovery or health traffic to it.
+        # Plain `upstream:`: nothing to choose, so no discovery or health traffic to it.
         tasks.append(asyncio.create_task(run_fleet(fleet, lambda: forwarder.session)))
         tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
                                                       lambda: forwarder.session)))
@@ -158,11 +158,11 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
 
 async def run_fleet(fleet: Fleet, session: Callable[[], aiohttp.ClientSession | None]) -> None:
-    """Discovery and health checks while there are several servers (a reload may add some)."""
+    """Discovery and health checks while the config lists servers (a reload may add some)."""
     while True:
-        if fleet.several:
+        if fleet.discovers:
             try:
-                await fleet.run(session, while_=lambda: fleet.several)
+                await fleet.run(session, while_=lambda: fleet.discovers)
             except Exception:
                 log.exception("fleet discovery failed; retrying")
         await asyncio.sleep(1.0)

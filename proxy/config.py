@@ -476,9 +476,8 @@ def _parse_servers(value: Any, upstream: str, inputs: Inputs) -> dict[str, Upstr
     """``upstreams:`` by name, else plain ``upstream`` as a fleet of one named "default"."""
     if value is None:
         return {DEFAULT_SERVER: UpstreamServer(DEFAULT_SERVER, upstream)}
-    if inputs.origins.get("upstream") not in (None, "the default", "OLLAMA_HOST"):
-        raise ConfigError("upstreams", f"give `upstreams` (several servers) or `upstream` (one), not both "
-                                       f"(upstream from {inputs.origins['upstream']})")
+    if inputs.origins.get("upstream") == "the config file":
+        raise ConfigError("upstreams", "give `upstreams` (several servers) or `upstream` (one), not both")
     servers = {}
     for name, spec in mapping(value, "upstreams").items():
         name = str(name)

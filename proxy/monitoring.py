@@ -107,6 +107,12 @@ class Profile:
     gpu_throttled_for: str  # a thermal or hardware clock-event reason active this long
     exporter_window: str  # rate window over the exporter's series (at least four of its scrapes)
 
+    # The fleet of Ollama servers.
+    upstream_down_for: str
+    fleet_saturated_for: str
+    cold_loads_per_minute: float
+    cold_loads_for: str
+
     # Progressive rollouts.
     rollout_stalled_for: str
     rollout_failed_window: str  # OllamaRolloutFailed fires this long after a rollout failed
@@ -141,6 +147,10 @@ PRODUCTION = Profile(
     gpu_xid_window="10m",
     gpu_throttled_for="15m",
     exporter_window="5m",
+    upstream_down_for="2m",
+    fleet_saturated_for="10m",
+    cold_loads_per_minute=2,
+    cold_loads_for="15m",
     rollout_stalled_for="5m",
     rollout_failed_window="1h",
     queue_length=5,
@@ -178,6 +188,10 @@ FAST = Profile(
     gpu_xid_window="1m",
     gpu_throttled_for="3s",
     exporter_window="20s",  # the fast config scrapes the exporter every 5 s
+    upstream_down_for="3s",
+    fleet_saturated_for="3s",
+    cold_loads_per_minute=2,
+    cold_loads_for="3s",
     rollout_stalled_for="2s",
     rollout_failed_window="1m",
     queue_length=5,

@@ -59,6 +59,7 @@ class StackOptions:
     fake_gpus: int = 2  # simulated GPUs the exporter reads; 0: none (--no-nvml)
     rollout: dict[str, Any] | None = None  # the route's rollout definition (the rollout scenarios)
     rollout_on_prometheus: bool = False  # the rollout analyses on this stack's Prometheus (every replica's counts)
+    servers: int = 1  # simulated Ollama servers behind the proxy (2: the failover story)
     profiles: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         STABLE_MODEL: {"ttft_seconds": 0.05, "tokens_per_second": 60, "output_tokens": 12,
                        "cold_load_seconds": 0.3, "keep_alive_seconds": -1},
@@ -75,9 +76,11 @@ class LocalStack:
         self.dir = options.workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         pref = options.preferred_ports
+        self.simulators = ["simulator"] + [f"simulator{i}" for i in range(2, options.servers + 1)]
         self.ports = {name: free_port(default if pref else None) for name, default in
                       (("simulator", 11434), ("proxy", 11435), ("exporter", 9101), ("prometheus", 9090),
                        ("alertmanager", 9093))}
+        self.ports.update({name: free_port() for name in self.simulators[1:]})
         self.token = secrets.token_urlsafe(24)
         self.token_file = self.dir / "admin_token"
         self.token_file.write_text(self.token + "\n")
@@ -113,7 +116,11 @@ class LocalStack:
             if self.options.rollout_on_prometheus and self.monitoring:
                 route["rollout"]["analysis"] = {"prometheus": self.url("prometheus")}
         config: dict[str, Any] = {
-            "listen": f"127.0.0.1:{self.ports['proxy']}", "upstream": self.url("simulator"),
+            "listen": f"127.0.0.1:{self.ports['proxy']}",
+            # A named fleet (of one, or two in the failover story): the proxy discovers where
+            # each model is loaded, which the GPUs dashboard's fleet row shows.
+            "upstreams": {name: {"url": self.url(name), "parallel": 4} for name in self.simulators},
+            "discovery_interval": 1, "health_interval": 1,
             "state_file": str(self.state_file), "admin": {"token_file": str(self.token_file)},
             "routes": {ROUTE: route}, "access_log": False,
             # A demo stops (or restarts its proxy) within its stop wait, streams or not.
@@ -156,9 +163,10 @@ class LocalStack:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "LocalStack":
         profiles = self._write_yaml("profiles.yaml", {"models": self.options.profiles})
-        self._spawn("simulator", self._cli("simulate", "--listen", f"127.0.0.1:{self.ports['simulator']}",
-                                            "--profiles", str(profiles), "--seed", "1"),
-                    f"{self.url('simulator')}/api/version")
+        for i, name in enumerate(self.simulators, start=1):
+            self._spawn(name, self._cli("simulate", "--listen", f"127.0.0.1:{self.ports[name]}",
+                                        "--profiles", str(profiles), "--seed", str(i)),
+                        f"{self.url(name)}/api/version")
         self._start_proxy()
         gpus = ["--fake-gpus", str(self.options.fake_gpus)] if self.options.fake_gpus else ["--no-nvml"]
         self._spawn("exporter", self._cli("exporter", "--listen", f"127.0.0.1:{self.ports['exporter']}",
@@ -184,7 +192,7 @@ class LocalStack:
         # Flags, not only the file: they beat an OLLAMA_SIDECAR_LISTEN or _UPSTREAM exported
         # in the shell that runs the demo.
         self._spawn("proxy", self._cli("proxy", "--config", str(config), "--listen", f"127.0.0.1:{self.ports['proxy']}",
-                                       "--upstream", self.url("simulator"), "--log-level", "warning"),
+                                       "--log-level", "warning"),
                     f"{self.url('proxy')}/healthz")
 
     def restart_proxy(self) -> None:
@@ -239,9 +247,10 @@ class LocalStack:
         return resp.json()
 
     def break_canary(self, **fields: Any) -> None:
-        resp = requests.patch(f"{self.url('simulator')}/_simulator/models/{CANARY_MODEL}",
-                              data=json.dumps(fields), timeout=5)
-        resp.raise_for_status()
+        for name in self.simulators:  # wherever the canary is served
+            resp = requests.patch(f"{self.url(name)}/_simulator/models/{CANARY_MODEL}",
+                                  data=json.dumps(fields), timeout=5)
+            resp.raise_for_status()
 
     def firing_alerts(self) -> list[str]:
         if not self.monitoring:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from proxy.config import ProxyConfig
+from proxy.config import DEFAULT_SERVER, ProxyConfig
 from proxy.fleet.balancer import Choice, choose
 from proxy.fleet.servers import Loaded, Server
 from proxy.metrics import ProxyMetrics, remove_series
@@ -55,10 +55,24 @@ class Fleet:
             self._forget(gone)
         for name in self.servers:
             self._export(self.servers[name])
+            # Counters that alerts and dashboards take rates of exist from the start at 0.
+            for reason in (RETRY_CONNECT, RETRY_TIMEOUT, RETRY_BUSY, RETRY_SERVER_ERROR):
+                self.metrics.upstream_retries.labels(name, reason)
+            for reason in (CONNECT, "errors", "health_check"):
+                self.metrics.upstream_ejections.labels(name, reason)
+            for outcome in (OK, ERROR, CONNECT):
+                self.metrics.upstream_requests.labels(name, outcome)
 
     @property
     def several(self) -> bool:
         return len(self.servers) > 1
+
+    @property
+    def discovers(self) -> bool:
+        """Discovery and health checks run for servers listed under ``upstreams:`` (even
+        one); plain ``upstream:`` (and ``models.M.upstream``) send Ollama nothing but the
+        clients' requests, as before the fleet existed: there is no choice to make."""
+        return any(s.name != DEFAULT_SERVER and not s.config.dedicated for s in self.servers.values())
 
     # --- the request path ---------------------------------------------------------------------------
     def eligible(self, model: str) -> list[Server]:
@@ -168,6 +182,8 @@ class Fleet:
             return
         installed = {m.get("name") or m.get("model") for m in (tags.get("models") or []) if isinstance(m, dict)}
         server.installed = frozenset(canonical(n) for n in installed if isinstance(n, str))
+        for model in server.installed:
+            self.metrics.cold_loads.labels(server.name, model)  # at 0 until the first cold load
         loaded = {}
         for m in ps.get("models") or []:
             if isinstance(m, dict) and isinstance(m.get("name") or m.get("model"), str):
@@ -202,3 +218,9 @@ class Fleet:
         m = self.metrics
         for metric in (m.upstream_up, m.upstream_in_flight, m.upstream_saturation, m.upstream_queued):
             remove_series(metric, name)
+        for reason in (RETRY_CONNECT, RETRY_TIMEOUT, RETRY_BUSY, RETRY_SERVER_ERROR):
+            remove_series(m.upstream_retries, name, reason)
+        for reason in (CONNECT, "errors", "health_check"):
+            remove_series(m.upstream_ejections, name, reason)
+        for outcome in (OK, ERROR, CONNECT):
+            remove_series(m.upstream_requests, name, outcome)
