@@ -79,3 +79,16 @@ def test_the_demo_module_takes_the_demo_options():
     r = subprocess.run([sys.executable, "-m", "proxy.commands.demo", "--no-such-option"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr  # argparse's answer, not a traceback
+
+
+def test_the_failover_demo_fails_only_the_streams_in_flight_on_the_dead_server():
+    r = subprocess.run([sys.executable, "-m", "proxy.cli", "demo", "--scenario", "failover", "--no-monitoring",
+                        "--linger", "0", "--fault-after", "5"], capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "simulator2 dies (SIGKILL)" in out and "simulator2 DOWN" in out
+    failed = int(re.search(r"failed: (\d+); streams in flight on simulator2 when it died: (\d+)", out)[1])
+    in_flight = int(re.search(r"when it died: (\d+)", out)[1])
+    assert failed == in_flight  # only those
+    assert "failed requests that were not in flight on simulator2: 0" in out
+    assert "requests started after it died that failed: 0" in out

@@ -104,6 +104,17 @@ class Child:
             except subprocess.TimeoutExpired:
                 continue
 
+    def kill(self) -> None:
+        """SIGKILL at once, as a machine or a process dies: no chance to finish anything."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

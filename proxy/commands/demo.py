@@ -8,6 +8,9 @@ fine-tune (both served by the Ollama simulator) and sticky sessions:
   seconds per step. At 50 % the canary starts failing; the rollout's gate (or, with
   Prometheus and Alertmanager installed, the shipped rollback alert) rolls the route back.
 * ``rollout-ok``: the same ramp with a healthy canary, promoted to stable at the end.
+* ``failover``: two simulated Ollama servers share the traffic; one is killed (SIGKILL).
+  Only the streams that were in flight on it fail, each with an in-protocol error line;
+  every other request succeeds, moved to the survivor before its first byte.
 * ``rollback``: a 50/50 split, then the canary breaks; the shipped alert rules fire
   ``OllamaCanaryErrorRateHigh``, Alertmanager calls the proxy's webhook and the proxy rolls
   the route back; without them, the proxy's own circuit breaker does it.
@@ -28,11 +31,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
 from proxy.commands.traffic import TrafficDriver
 
 
-SCENARIOS = ("rollout", "rollout-ok", "rollback")
+SCENARIOS = ("rollout", "rollout-ok", "rollback", "failover")
 # Short steps so the whole ramp fits in a minute; min_requests keeps each step honest.
 DEMO_ROLLOUT = {"steps": [5, 20, 50], "interval": 4, "min_requests": 10, "stall_after": 600,
                 "checks": {"failure_ratio": {"max": 0.1, "max_over_stable": 0.1}}}
@@ -41,7 +46,8 @@ DEMO_ROLLOUT = {"steps": [5, 20, 50], "interval": 4, "min_requests": 10, "stall_
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--scenario", choices=SCENARIOS, default="rollout",
                         help="rollout: a ramp whose canary breaks at 50 %% and is rolled back (default); "
-                             "rollout-ok: a healthy canary promoted; rollback: a 50/50 split whose canary breaks")
+                             "rollout-ok: a healthy canary promoted; rollback: a 50/50 split whose canary breaks; "
+                             "failover: two Ollama servers share the traffic and one dies")
     parser.add_argument("--fault-after", type=float, default=10.0, help="rollback scenario: seconds of healthy "
                         "traffic before the canary breaks (default 10)")
     parser.add_argument("--error-rate", type=float, default=0.6, help="share of canary requests that fail "
@@ -90,9 +96,15 @@ def stack_options(workdir: Path, monitoring: bool, preferred_ports: bool = True,
     Alertmanager are at hand (else the breaker acts), reconcile as the webhook's fallback,
     and two simulated GPUs."""
     breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
-    rollout = DEMO_ROLLOUT if scenario != "rollback" else None
-    return StackOptions(workdir=workdir, canary_weight=0 if rollout else 50, breaker=breaker, monitoring=monitoring,
-                        reconcile_interval=15.0, preferred_ports=preferred_ports, fake_gpus=2, rollout=rollout)
+    rollout = DEMO_ROLLOUT if scenario.startswith("rollout") else None
+    weight = 50 if scenario == "rollback" else 0
+    options = StackOptions(workdir=workdir, canary_weight=weight, breaker=breaker, monitoring=monitoring,
+                           reconcile_interval=15.0, preferred_ports=preferred_ports, fake_gpus=2, rollout=rollout,
+                           servers=2 if scenario == "failover" else 1)
+    if scenario == "failover":  # answers of a second or so, so that streams are in flight when a server dies
+        options.profiles = {model: dict(profile, tokens_per_second=20, output_tokens=20)
+                            for model, profile in options.profiles.items()}
+    return options
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -110,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
           "rollout-ok": "ollama-sidecar demo: a healthy canary climbs a grey-release ramp and is promoted "
                         "(no GPU needed)\n",
           "rollback": "ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n",
+          "failover": "ollama-sidecar demo: two Ollama servers share the traffic and one dies (no GPU needed)\n",
           }[args.scenario])
     if not monitoring:
         _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else
@@ -126,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
         if monitoring:
             _say("  Alertmanager: rollback alerts go to the proxy's webhook; no human receiver is configured "
                  "(docs/monitoring-stack.md, \"Notifying humans\")")
-        if args.scenario == "rollback":
+        if args.scenario == "failover":
+            _say(f"  route '{ROUTE}': {STABLE_MODEL} on two servers ({', '.join(stack.simulators)}), sessions "
+                 "sticky to a server\n")
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=200).start()
+            outcome = _failover_timeline(stack, traffic, args)
+        elif args.scenario == "rollback":
             _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
             traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
             outcome = _timeline(stack, traffic, args)
@@ -234,6 +252,55 @@ def _rollout_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.
             _say(f"  requests on stable that failed at any time: {len(stable_failed)}")
             return state
     return None
+
+
+def _server_stats(outcomes: list[Any], server: str, span: float) -> str:
+    mine = [o for o in outcomes if o.upstream == server]
+    if not mine:
+        return f"{0:5.1f}/s    -  "
+    failed = sum(1 for o in mine if not o.completed)
+    return f"{len(mine) / span:5.1f}/s {failed / len(mine):5.0%}"
+
+
+def _upstreams_up(stack: LocalStack) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    from proxy.metrics import UPSTREAM_UP
+    try:
+        text = requests.get(f"{stack.url('proxy')}/metrics", timeout=2).text
+    except requests.RequestException:
+        return {}
+    return {s.labels["upstream"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == UPSTREAM_UP.name}
+
+
+def _failover_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespace) -> dict[str, Any] | None:
+    first, second = stack.simulators[:2]
+    _say(f"  {'t':>4}  {first:^14}  {second:^14}  {'servers up':<28}")
+    start = time.monotonic()
+    killed_at: float | None = None
+    while time.monotonic() - start < args.fault_after + 12:
+        time.sleep(1.0)
+        now = time.monotonic()
+        t = now - start
+        if killed_at is None and t >= args.fault_after:
+            stack.processes[second].kill()
+            killed_at = now
+            _say(f"  {t:4.0f}s >>> {second} dies (SIGKILL): its streams in flight are cut")
+        recent = traffic.snapshot(since=now - 1.0)
+        up = _upstreams_up(stack)
+        state = ", ".join(f"{name} {'UP' if up.get(name) == 1 else 'DOWN'}" for name in (first, second))
+        _say(f"  {t:4.0f}s  {_server_stats(recent, first, 1.0)}  {_server_stats(recent, second, 1.0)}  {state}")
+    traffic.stop()
+    assert killed_at is not None
+    outcomes = traffic.snapshot()
+    failed = [o for o in outcomes if not o.completed]
+    in_flight = [o for o in outcomes if o.upstream == second and o.started < killed_at < o.ended]
+    late = [o for o in failed if o.started >= killed_at]
+    _say(f"\n  requests: {len(outcomes)}, failed: {len(failed)}; streams in flight on {second} when it died: "
+         f"{len(in_flight)}")
+    _say(f"  failed requests that were not in flight on {second}: {len([o for o in failed if o not in in_flight])}")
+    _say(f"  requests started after it died that failed: {len(late)}")
+    return {"failed": len(failed), "in_flight": len(in_flight), "late": len(late)}
 
 
 def _print_report(stack: LocalStack) -> None:

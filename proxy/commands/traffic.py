@@ -25,6 +25,7 @@ class Outcome:
     status: int  # 0: no HTTP answer
     completed: bool  # a 200 stream that ended with its final done object
     error: str | None
+    upstream: str = ""  # from X-Sidecar-Upstream: the server that answered
 
 
 class TrafficDriver:
@@ -66,11 +67,12 @@ class TrafficDriver:
     def one(self, http: requests.Session, session: str) -> Outcome:
         started = time.monotonic()
         body = {"model": self.route, "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
-        arm, model, status = "", "", 0
+        arm, model, status, upstream = "", "", 0, ""
         try:
             with http.post(self.url, json=body, headers={"X-Session-ID": session}, stream=True, timeout=30) as r:
                 arm = r.headers.get("X-Sidecar-Arm", "")
                 model = r.headers.get("X-Sidecar-Model", "")
+                upstream = r.headers.get("X-Sidecar-Upstream", "")
                 status = r.status_code
                 completed, error = False, None
                 if r.status_code == 200:
@@ -82,10 +84,12 @@ class TrafficDriver:
                             completed = True
                 else:
                     error = r.text[:200]
-                return Outcome(started, time.monotonic(), session, arm, model, r.status_code, completed, error)
+                return Outcome(started, time.monotonic(), session, arm, model, r.status_code, completed, error,
+                               upstream)
         except (requests.RequestException, ValueError) as exc:
             # A stream that broke after its headers still counts against the arm it was on.
-            return Outcome(started, time.monotonic(), session, arm, model, status, False, type(exc).__name__)
+            return Outcome(started, time.monotonic(), session, arm, model, status, False, type(exc).__name__,
+                           upstream)
 
     def snapshot(self, since: float = 0.0) -> list[Outcome]:
         with self._lock:

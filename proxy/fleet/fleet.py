@@ -19,7 +19,7 @@ from typing import Any, Callable
 import aiohttp
 
 from proxy.config import DEFAULT_SERVER, ProxyConfig
-from proxy.fleet.balancer import Choice, choose
+from proxy.fleet.balancer import REASONS, Choice, choose
 from proxy.fleet.servers import Loaded, Server
 from proxy.metrics import ProxyMetrics, remove_series
 
@@ -53,15 +53,28 @@ class Fleet:
             server.config = config.servers[name]
         for gone in old.keys() - self.servers.keys():
             self._forget(gone)
-        for name in self.servers:
-            self._export(self.servers[name])
+        m = self.metrics
+        # Per-request counters resolved once (labels() takes a lock and builds a key).
+        self._decisions = {reason: m.balancer_decisions.labels(reason) for reason in REASONS}
+        self._requests = {(name, outcome): m.upstream_requests.labels(name, outcome)
+                          for name in self.servers for outcome in (OK, ERROR, CONNECT)}
+        for name, server in self.servers.items():
+            # Gauges read at scrape time: the request path never writes them, and an
+            # ejection's end shows without anyone touching the server.
+            m.upstream_up.labels(name).set_function(lambda s=server: 1.0 if s.up else 0.0)
+            m.upstream_in_flight.labels(name).set_function(lambda s=server: float(s.total_in_flight))
+            m.upstream_saturation.labels(name).set_function(lambda s=server: max(
+                (s.saturation(model, False) for model in s.in_flight), default=0.0))
+            # Estimates: Ollama exposes neither its slots in use nor its queue. Requests
+            # beyond `parallel` per model wait in Ollama's queue.
+            m.upstream_queued.labels(name).set_function(lambda s=server: float(sum(
+                max(0, n - s.config.parallel) for n in s.in_flight.values())))
+            self._export(server)
             # Counters that alerts and dashboards take rates of exist from the start at 0.
             for reason in (RETRY_CONNECT, RETRY_TIMEOUT, RETRY_BUSY, RETRY_SERVER_ERROR):
-                self.metrics.upstream_retries.labels(name, reason)
+                m.upstream_retries.labels(name, reason)
             for reason in (CONNECT, "errors", "health_check"):
-                self.metrics.upstream_ejections.labels(name, reason)
-            for outcome in (OK, ERROR, CONNECT):
-                self.metrics.upstream_requests.labels(name, outcome)
+                m.upstream_ejections.labels(name, reason)
 
     @property
     def several(self) -> bool:
@@ -88,7 +101,7 @@ class Fleet:
     def choose(self, model: str, session: str | None, embedding: bool) -> Choice | None:
         choice = choose(self.eligible(model), canonical(model), session, embedding)
         if choice is not None:
-            self.metrics.balancer_decisions.labels(choice.reason).inc()
+            self._decisions[choice.reason].inc()
         return choice
 
     def installed_anywhere(self, model: str) -> bool:
@@ -98,7 +111,6 @@ class Fleet:
     def acquire(self, server: Server, model: str) -> None:
         name = canonical(model)
         server.in_flight[name] = server.in_flight.get(name, 0) + 1
-        self._export_load(server)
 
     def release(self, server: Server, model: str) -> None:
         name = canonical(model)
@@ -107,11 +119,10 @@ class Fleet:
             server.in_flight[name] = left
         else:
             server.in_flight.pop(name, None)
-        self._export_load(server)
 
     def outcome(self, server: Server, outcome: str, *, connect: bool = False) -> None:
         """A request's fate on ``server``: ``ok``, ``error`` (a 5xx or a cut) or ``connect``."""
-        self.metrics.upstream_requests.labels(server.name, outcome).inc()
+        self._requests[server.name, outcome].inc()
         if outcome == OK:
             server.success()
         elif server.failure(connect):
@@ -197,22 +208,8 @@ class Fleet:
 
     # --- metrics ---------------------------------------------------------------------------------------
     def _export(self, server: Server) -> None:
-        m = self.metrics
-        m.upstream_up.labels(server.name).set(1 if server.up else 0)
         for model in server.loaded:
-            m.upstream_model_loaded.labels(server.name, model).set(1)
-        self._export_load(server)
-
-    def _export_load(self, server: Server) -> None:
-        m = self.metrics
-        total = server.total_in_flight
-        m.upstream_in_flight.labels(server.name).set(total)
-        # Estimates: Ollama exposes neither its slots in use nor its queue. Requests beyond
-        # `parallel` per model wait in Ollama's queue.
-        m.upstream_saturation.labels(server.name).set(max((server.saturation(model, False)
-                                                          for model in server.in_flight), default=0.0))
-        m.upstream_queued.labels(server.name).set(sum(max(0, n - server.config.parallel)
-                                                      for n in server.in_flight.values()))
+            self.metrics.upstream_model_loaded.labels(server.name, model).set(1)
 
     def _forget(self, name: str) -> None:
         m = self.metrics
