@@ -23,6 +23,7 @@ RUNBOOK_BASE = DEFAULT.runbook_base
 
 CANARY_ERROR_RATE_HIGH = "OllamaCanaryErrorRateHigh"
 CANARY_LATENCY_REGRESSION = "OllamaCanaryLatencyRegression"
+CANARY_QUALITY_REGRESSION = "OllamaCanaryQualityRegression"
 OLLAMA_DOWN = "OllamaDown"
 PROXY_DOWN = "OllamaProxyDown"
 EXPORTER_DOWN = "OllamaExporterDown"
@@ -47,7 +48,7 @@ ROLLOUT_FAILED = "OllamaRolloutFailed"
 # busy GPU sits at, nor idle).
 THROTTLE_REASONS_RE = "hw_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown|sw_thermal_slowdown"
 
-ROLLBACK_ALERTS = (CANARY_ERROR_RATE_HIGH, CANARY_LATENCY_REGRESSION)
+ROLLBACK_ALERTS = (CANARY_ERROR_RATE_HIGH, CANARY_LATENCY_REGRESSION, CANARY_QUALITY_REGRESSION)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,24 @@ def _canary_latency_regression(p: Profile, u: DashboardUids) -> Alert:
     )
 
 
+def _canary_quality_regression(p: Profile, u: DashboardUids) -> Alert:
+    # A worse model rarely errors: its users ask for the same turn again, or rate it down.
+    # Either signal, tested like the failure ratio (the same evidence minimums), rolls back.
+    d = p.decisions
+    expr = (_canary_worse(r.REGENERATION_RATIO, r.REGENERATIONS_RATE, r.CHAT_RATE, d.quality_margin, p) + ")\n"
+            "or\n"
+            + _canary_worse(r.NEGATIVE_RATIO, r.NEGATIVE_RATINGS_RATE, r.RATINGS_RATE, d.quality_margin, p) + ")")
+    return Alert(
+        CANARY_QUALITY_REGRESSION, expr, p.quality_for, "warning",
+        "Canary of route {{ $labels.route }} answers worse than stable",
+        "Users of the canary arm of route {{ $labels.route }} ask for the same turn again, or rate answers "
+        f"down, more than {d.rate_ratio:g}x as often as stable's + {_pct(d.quality_margin)} over {p.window} "
+        f"(at least {d.min_failures:g} times; value {{{{ $value | humanizePercentage }}}}), without any HTTP "
+        "error. The proxy rolls the route back to stable when Alertmanager delivers this alert.",
+        u.rollout, ("route",), {"action": "rollback"}, keep_firing_for=p.rollback_keep_firing_for,
+    )
+
+
 def _target_down(name: str, job: str, selector: str, what: str, p: Profile, u: DashboardUids) -> Alert:
     return Alert(
         name, f"up{{{selector}}} == 0\nor absent(up{{{selector}}})", p.down_for, "critical",
@@ -182,6 +201,7 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
     alerts = [
         _canary_error_rate_high(p, u),
         _canary_latency_regression(p, u),
+        _canary_quality_regression(p, u),
         Alert(
             OLLAMA_DOWN, f"{em.OLLAMA_UP.name}{{{exporter}}} == 0", p.down_for, "critical",
             "Ollama does not answer the exporter",

@@ -17,6 +17,8 @@ from proxy.monitoring import (  # noqa: F401  (re-exported: the rule names' one 
     COMPLETION_TOKENS_RATE, DEFAULT, FAILED_RATE, FAILED_RATIO, HOST_COMPLETION_TOKENS_RATE, HOST_ENERGY_PER_TOKEN,
     HOST_GPU_POWER, LATENCY_P95, RECORDED_NAMES, REQUESTS_RATE, ROUTE_FAILED_RATIO, ROUTE_REQUESTS_RATE,
     TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO, TTFT_P95, TTFT_RATE, MonitoringConfig, Profile)
+from proxy.monitoring import (CHAT_RATE, NEGATIVE_RATINGS_RATE, NEGATIVE_RATIO, RATINGS_RATE, REGENERATION_RATIO,
+                              REGENERATIONS_RATE)
 
 # error_type values that count against an arm, as a regex matcher value (sorted: stable output).
 SERVER_SIDE_ERRORS_RE = "|".join(sorted(pm.SERVER_SIDE_ERRORS))
@@ -70,6 +72,25 @@ def recording_rules(profile: Profile, config: MonitoringConfig = DEFAULT) -> lis
             "record": COMPLETION_TOKENS_RATE,
             "expr": f'sum by (host, route, arm) (rate({pm.TOKENS.name}{{{job}, kind="completion"}}[{w}]))',
         },
+        # Quality: a regeneration is the user asking for the same turn again; ratings are net of
+        # the ones replaced by a later rating of the same answer. `or 0 *` keeps a ratio at 0
+        # (not missing) for an arm with chat requests but no regeneration yet.
+        {"record": CHAT_RATE,
+         "expr": f"sum by (host, route, arm) (rate({pm.CONVERSATION_TURNS.name}_count{{{job}}}[{w}]))"},
+        {"record": REGENERATIONS_RATE,
+         "expr": f"sum by (host, route, arm) (rate({pm.REGENERATIONS.name}{{{job}}}[{w}]))\nor\n0 * {CHAT_RATE}"},
+        {"record": REGENERATION_RATIO, "expr": f"{REGENERATIONS_RATE}\n/\n{CHAT_RATE}"},
+        {"record": RATINGS_RATE,
+         "expr": (f"sum by (host, route, arm) (rate({pm.FEEDBACK.name}{{{job}}}[{w}]))\n"
+                  f"- on (host, route, arm)\n(sum by (host, route, arm) (rate({pm.FEEDBACK_RETRACTED.name}{{{job}}}[{w}]))"
+                  f"\n or 0 * sum by (host, route, arm) (rate({pm.FEEDBACK.name}{{{job}}}[{w}])))")},
+        {"record": NEGATIVE_RATINGS_RATE,
+         "expr": (f'sum by (host, route, arm) (rate({pm.FEEDBACK.name}{{{job}, rating="negative"}}[{w}]))\n'
+                  f"- on (host, route, arm)\n"
+                  f'(sum by (host, route, arm) (rate({pm.FEEDBACK_RETRACTED.name}{{{job}, rating="negative"}}[{w}]))'
+                  f'\n or 0 * sum by (host, route, arm) (rate({pm.FEEDBACK.name}{{{job}, rating="negative"}}[{w}])))'
+                  f"\nor\n0 * {RATINGS_RATE}")},
+        {"record": NEGATIVE_RATIO, "expr": f"{NEGATIVE_RATINGS_RATE}\n/\n{RATINGS_RATE}"},
         # Energy per generated token, per host: every GPU's energy counter on the host over the
         # tokens the host's proxy saw generated. A host's GPUs also burn power idle and for
         # other work, so this is the energy cost of a token on that box, not of the model alone.

@@ -38,13 +38,16 @@ from proxy.control.rollout import Rollouts
 from proxy.control.routing import Decision, RouteTable
 from proxy.control.state import persisted_key
 from proxy.dataplane.admission import AdmissionControl
+from proxy.dataplane.errors import ProxyError, error_response
 from proxy.dataplane.forward import Forwarder
 from proxy.dataplane.guards import make_request_guard
 from proxy.dataplane.http_log import install_malformed_request_filter
 from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.label_values import CleanedRegistry
 from proxy.fleet.fleet import Fleet
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import ErrorType, ProxyMetrics
+from proxy.quality.feedback import FeedbackError, key_hash
+from proxy.quality.signals import QualitySignals
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -91,8 +94,9 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
 
     fleet = Fleet(config, metrics)
     recorder.installed = fleet.installed_anywhere
+    quality = QualitySignals(config, metrics)
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
-                          fleet, on_result=on_result)
+                          fleet, on_result=on_result, quality=quality)
 
     def apply(new: ProxyConfig, old: ProxyConfig) -> None:
         forwarder.update_config(new)
@@ -134,6 +138,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         notifier.session = forwarder.session
         # Plain `upstream:`: nothing to choose, so no discovery or health traffic to it.
         tasks.append(asyncio.create_task(run_fleet(fleet, lambda: forwarder.session)))
+        tasks.append(asyncio.create_task(sweep_sessions(quality)))
         tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
                                                       lambda: forwarder.session)))
         yield
@@ -150,11 +155,44 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/metrics", make_metrics_handler(metrics.registry))
     app.router.add_post("/admin/session-label", session_label_handler)
+    feedback = make_feedback_handler(forwarder, quality)
+    app.router.add_post("/api/feedback", feedback)
+    app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
+
+
+async def sweep_sessions(quality: QualitySignals, every: float = 5.0) -> None:
+    """Expire idle sessions (their duration and request count are observed then)."""
+    while True:
+        await asyncio.sleep(every)
+        quality.tracker.sweep()
+
+
+def make_feedback_handler(forwarder: Forwarder, quality: QualitySignals) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``POST /api/feedback`` and ``/v1/feedback``: a rating for an answer, by its
+    X-Request-ID. Data-plane auth applies; errors speak the client's protocol."""
+    async def feedback(request: web.Request) -> web.Response:
+        path = request.path
+        try:
+            forwarder.authorize(request)
+            if request.content_length is not None and request.content_length > 64 * 1024:
+                raise ProxyError(413, ErrorType.BAD_REQUEST, "feedback body over 64 KiB")
+            try:
+                body = parse_json(await request.read())
+            except ValueError as exc:
+                raise ProxyError(400, ErrorType.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+            try:
+                result = quality.feedback.rate(body, key_hash(request.headers.get("Authorization")))
+            except FeedbackError as exc:
+                raise ProxyError(exc.status, ErrorType.BAD_REQUEST, exc.message) from None
+        except ProxyError as err:
+            return error_response(path, err)
+        return web.json_response(result)
+    return feedback
 
 
 async def run_fleet(fleet: Fleet, session: Callable[[], aiohttp.ClientSession | None]) -> None:

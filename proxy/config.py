@@ -161,6 +161,10 @@ class ProxyConfig:
     health_interval: float = 5.0
     health_timeout: float = 2.0
     retries: int = 1
+    session_active_window: float = 300.0
+    session_tracking_cap: int = 100_000
+    feedback_ttl: float = 3600.0
+    feedback_cap: int = 100_000
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     state_file: str | None = None
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
@@ -404,6 +408,13 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
     Setting("reload_interval", "duration", "Seconds between two checks of the config file for changes.",
             minimum=0.1),
     Setting("access_log", "boolean", "One JSON line per request on the ollama_sidecar.access logger."),
+    Setting("session_active_window", "duration", "A session is active while it sent a request within this; "
+            "then it expires (ollama_proxy_active_sessions, ollama_proxy_sessions_total).", minimum=1),
+    Setting("session_tracking_cap", "integer", "Most sessions tracked at once for the session flow and "
+            "regenerations (a keyed hash and a few numbers each); beyond, counted as overflow.", minimum=0),
+    Setting("feedback_ttl", "duration", "How long an answer's X-Request-ID can be rated (/api/feedback, "
+            "/v1/feedback).", minimum=1),
+    Setting("feedback_cap", "integer", "Most recent request ids remembered for feedback.", minimum=0),
     Setting("decisions", "section", "", section=DECISIONS),
     Setting("notify", "section", "", section=NOTIFY),
     Setting("rollout_tick", "duration", "Time between two analyses of running rollouts.", minimum=0.05),

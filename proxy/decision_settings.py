@@ -53,6 +53,9 @@ class DecisionSettings:
     rate_ratio: float = 3.0
     stable_ratio_floor: float = 0.005
     worse_margin: float = 0.01
+    # Quality: the regeneration ratio and the negative-feedback ratio, compared like the
+    # failure ratio, with this margin over rate_ratio x stable's.
+    quality_margin: float = 0.05
     # With no stable traffic (a route at 100 %), the canary's absolute failure limit.
     max_failure_ratio: float = 0.05
     # A request whose upstream load_duration is at least this many seconds waited for a
@@ -73,7 +76,7 @@ DEFAULT_DECISIONS = DecisionSettings()
 LIMITS: Mapping[str, tuple[float | None, float | None]] = {
     "alpha": (1e-9, 0.5), "failure_margin": (1e-6, 1), "ttft_slo": (0.001, None), "ttft_margin": (1e-6, 1),
     "min_failures": (1, None), "min_expected_failures": (0, None), "rate_ratio": (1, None),
-    "stable_ratio_floor": (0, 1), "worse_margin": (0, 1), "max_failure_ratio": (0, 1), "load_wait": (0, None),
+    "stable_ratio_floor": (0, 1), "worse_margin": (0, 1), "quality_margin": (0, 1), "max_failure_ratio": (0, 1), "load_wait": (0, None),
     "probe_weight": (0.001, 100), "probe_requests": (1, None),
     "sequential.rate_ratio": (1.01, None), "sequential.alpha": (1e-9, 0.5), "sequential.floor": (None, 0),
 }
@@ -95,6 +98,8 @@ DESCRIPTIONS: Mapping[str, str] = {
     "stable_ratio_floor": "Rollback alerts: stable's ratio is never taken below this.",
     "worse_margin": "Rollback alert on failures: the canary's ratio must exceed rate_ratio x stable's plus this.",
     "max_failure_ratio": "Canary failure ratio that is too high on its own, used when stable has no traffic.",
+    "quality_margin": "Quality rollback alert: the canary's regeneration or negative-feedback ratio must exceed "
+                      "rate_ratio x stable's plus this.",
     "load_wait": "Seconds of upstream load_duration that mark a request as one that waited for a model "
                  "load: left out of latency decisions, counted apart.",
     "probe_weight": "Percent of sessions a canary gets after its rollback alert resolved (auto_resume), until "

@@ -131,6 +131,58 @@ BUILD_INFO = MetricSpec(
     ("version",),
 )
 
+# --- sessions and quality signals (proxy.quality) -----------------------------------------
+SESSION_DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+SESSION_REQUESTS_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233)
+TURN_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+ACTIVE_SESSIONS = MetricSpec(
+    "ollama_proxy_active_sessions", "gauge",
+    "Sessions that sent a request within session_active_window, by the route and arm of their first request "
+    "(exact, independent of the session label cap, up to session_tracking_cap).",
+    ("route", "arm"),
+)
+SESSIONS = MetricSpec(
+    "ollama_proxy_sessions_total", "counter",
+    "Sessions by event: started, expired (no request within session_active_window), overflow (not tracked: "
+    "session_tracking_cap reached).",
+    ("route", "arm", "event"),
+)
+SESSION_DURATION = MetricSpec(
+    "ollama_proxy_session_duration_seconds", "histogram",
+    "First to last request of an expired session.", ("route", "arm"), SESSION_DURATION_BUCKETS, "seconds",
+)
+SESSION_REQUESTS = MetricSpec(
+    "ollama_proxy_session_requests", "histogram",
+    "Requests an expired session made.", ("route", "arm"), SESSION_REQUESTS_BUCKETS,
+)
+CONVERSATION_TURNS = MetricSpec(
+    "ollama_proxy_conversation_turns", "histogram",
+    "User messages in each chat request (native and OpenAI): how deep conversations go.",
+    ("endpoint", "route", "arm"), TURN_BUCKETS,
+)
+REGENERATIONS = MetricSpec(
+    "ollama_proxy_regenerations_total", "counter",
+    "Chat requests whose messages were exactly those of the same session's previous request, which had "
+    "succeeded: the user asked for the same turn again.",
+    ("route", "arm", "model"),
+)
+CLIENT_RETRIES = MetricSpec(
+    "ollama_proxy_client_retries_total", "counter",
+    "Chat requests sent again after the same session's previous request failed or was cut (not regenerations).",
+    ("route", "arm", "model"),
+)
+FEEDBACK = MetricSpec(
+    "ollama_proxy_feedback_total", "counter",
+    "Ratings received on /api/feedback or /v1/feedback for answers of this route, arm and model.",
+    ("route", "arm", "model", "rating"),
+)
+FEEDBACK_RETRACTED = MetricSpec(
+    "ollama_proxy_feedback_retracted_total", "counter",
+    "Ratings replaced by a later rating of the same answer (the last one wins): subtract from "
+    "ollama_proxy_feedback_total.",
+    ("route", "arm", "model", "rating"),
+)
+
 # --- the fleet of Ollama servers (proxy.fleet) ------------------------------------------
 UPSTREAM_UP = MetricSpec(
     "ollama_proxy_upstream_up", "gauge",
@@ -282,6 +334,8 @@ ALL: tuple[MetricSpec, ...] = (
     UPSTREAM_LOAD_DURATION, UPSTREAM_PROMPT_EVAL_DURATION, UPSTREAM_EVAL_DURATION,
     IN_FLIGHT, QUEUE_LENGTH, SESSION_LABELS, SESSION_LABELS_EVICTED, UNPARSED_LINES,
     BUILD_INFO,
+    ACTIVE_SESSIONS, SESSIONS, SESSION_DURATION, SESSION_REQUESTS, CONVERSATION_TURNS, REGENERATIONS, CLIENT_RETRIES,
+    FEEDBACK, FEEDBACK_RETRACTED,
     UPSTREAM_UP, UPSTREAM_IN_FLIGHT, UPSTREAM_SATURATION, UPSTREAM_QUEUED, UPSTREAM_REQUESTS, UPSTREAM_RETRIES,
     UPSTREAM_EJECTIONS, UPSTREAM_MODEL_LOADED, COLD_LOADS, BALANCER_DECISIONS, UPSTREAM_TOKENS,
     ROUTE_INFO, ROUTE_CANARY_WEIGHT, ROUTE_ROLLED_BACK, ROUTE_CHANGES,
@@ -375,6 +429,15 @@ class ProxyMetrics:
         self.session_labels_evicted = m(SESSION_LABELS_EVICTED)
         self.unparsed_lines = m(UNPARSED_LINES)
         self.build_info = m(BUILD_INFO)
+        self.active_sessions = m(ACTIVE_SESSIONS)
+        self.sessions = m(SESSIONS)
+        self.session_duration = m(SESSION_DURATION)
+        self.session_requests = m(SESSION_REQUESTS)
+        self.conversation_turns = m(CONVERSATION_TURNS)
+        self.regenerations = m(REGENERATIONS)
+        self.client_retries = m(CLIENT_RETRIES)
+        self.feedback = m(FEEDBACK)
+        self.feedback_retracted = m(FEEDBACK_RETRACTED)
         self.upstream_up = m(UPSTREAM_UP)
         self.upstream_in_flight = m(UPSTREAM_IN_FLIGHT)
         self.upstream_saturation = m(UPSTREAM_SATURATION)

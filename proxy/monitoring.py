@@ -48,6 +48,14 @@ COMPLETION_TOKENS_RATE = "route_arm:ollama_proxy_completion_tokens:rate"
 TTFT_RATE = "route_arm:ollama_proxy_time_to_first_token:rate"
 TTFT_OVER_SLO_RATE = "route_arm:ollama_proxy_time_to_first_token_over_slo:rate"
 TTFT_OVER_SLO_RATIO = "route_arm:ollama_proxy_time_to_first_token_over_slo_per_time_to_first_token:ratio_rate"
+# Quality signals per route and arm: regenerations over chat requests, negative ratings
+# over ratings (a changed rating counted once: ratings minus retracted ones).
+CHAT_RATE = "route_arm:ollama_proxy_chat_requests:rate"
+REGENERATIONS_RATE = "route_arm:ollama_proxy_regenerations:rate"
+REGENERATION_RATIO = "route_arm:ollama_proxy_regenerations_per_chat_requests:ratio_rate"
+RATINGS_RATE = "route_arm:ollama_proxy_feedback:rate"
+NEGATIVE_RATINGS_RATE = "route_arm:ollama_proxy_feedback_negative:rate"
+NEGATIVE_RATIO = "route_arm:ollama_proxy_feedback_negative_per_feedback:ratio_rate"
 # Per host (the `host` target label shared by the exporter's and the proxy's series): GPU
 # power, completion tokens, and their ratio, the energy per generated token.
 HOST_GPU_POWER = "host:gpu_energy_joules:rate"
@@ -61,6 +69,7 @@ RECORDED_NAMES: tuple[str, ...] = (
     REQUESTS_RATE, FAILED_RATE, FAILED_RATIO, ROUTE_REQUESTS_RATE, ROUTE_FAILED_RATIO,
     LATENCY_P95, TTFT_P95, COMPLETION_TOKENS_RATE, TTFT_RATE, TTFT_OVER_SLO_RATE, TTFT_OVER_SLO_RATIO,
     HOST_GPU_POWER, HOST_COMPLETION_TOKENS_RATE, HOST_ENERGY_PER_TOKEN,
+    CHAT_RATE, REGENERATIONS_RATE, REGENERATION_RATIO, RATINGS_RATE, NEGATIVE_RATINGS_RATE, NEGATIVE_RATIO,
 )
 
 
@@ -88,6 +97,7 @@ class Profile:
     decisions: DecisionSettings
     canary_error_for: str
     latency_for: str
+    quality_for: str
     # A rolled-back canary gets no traffic, so its alert would resolve by itself; it keeps
     # firing this long after its condition last held, so silence is never read as health.
     rollback_keep_firing_for: str
@@ -135,6 +145,7 @@ PRODUCTION = Profile(
     decisions=DEFAULT_DECISIONS,
     canary_error_for="5m",
     latency_for="5m",
+    quality_for="10m",
     rollback_keep_firing_for="30m",
     down_for="1m",
     spill_for="5m",
@@ -174,6 +185,7 @@ FAST = Profile(
                                   max_failure_ratio=0.1, worse_margin=0.05, ttft_slo=1.0),
     canary_error_for="2s",
     latency_for="3s",
+    quality_for="3s",
     rollback_keep_firing_for="30s",
     # Prometheus starts scraping up to 5 s after it starts (target updates are batched
     # every 5 s), so absent(up{…}) holds that long on a fresh start: stay above it.

@@ -29,6 +29,7 @@ class Decision:
     model: str  # the model that serves the request
     upstream: str  # base URL of the Ollama that serves it
     server: str = ""  # that Ollama's name in the config (set once the fleet chose it)
+    request_id: str = ""  # X-Request-ID of the answer (feedback names it)
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,12 @@ from proxy.dataplane.observe import (ENDPOINTS, Endpoint, NativeStreamObserver, 
 from proxy.dataplane.passthrough import Passthrough
 from proxy.dataplane.sessions import extract_session
 from proxy.dataplane.upstream import Upstream, forward_headers, relay_chunks
-from proxy.fleet.balancer import Choice
 from proxy.fleet import fleet
+from proxy.fleet.balancer import Choice
 from proxy.fleet.fleet import Fleet
 from proxy.fleet.servers import Server
 from proxy.metrics import NO_MODEL, NO_ROUTE, SERVER_SIDE_ERRORS, Arm, ErrorType
+from proxy.quality.feedback import request_id_from
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -61,7 +62,7 @@ class Forwarder:
     """The catch-all handler; one per application."""
 
     def __init__(self, config: ProxyConfig, recorder: Recorder, routes: RouteTable,
-                 admission: AdmissionControl, fleet: Fleet, on_result: Any = None) -> None:
+                 admission: AdmissionControl, fleet: Fleet, on_result: Any = None, quality: Any = None) -> None:
         self.recorder = recorder
         self.routes = routes
         self.admission = admission
@@ -70,6 +71,7 @@ class Forwarder:
         self.passthrough = Passthrough(self.upstream, recorder, routes, fleet)
         # Called with (decision, error_type) after each routed request (the breaker).
         self.on_result = on_result
+        self.quality = quality  # proxy.quality.signals.QualitySignals: sessions, regenerations, feedback ids
         self.update_config(config)
 
     def update_config(self, config: ProxyConfig) -> None:
@@ -96,7 +98,7 @@ class Forwarder:
         start = time.perf_counter()
         path = request.path
         try:
-            self._authorize(request)
+            self.authorize(request)
         except ProxyError as err:
             self.recorder.record(RequestRecord(endpoint_label(path), error_type=err.error_type,
                                                status=err.status, duration=time.perf_counter() - start))
@@ -106,7 +108,7 @@ class Forwarder:
             return await self.passthrough.handle(request, start, self._drop)
         return await self._instrumented(request, endpoint, start)
 
-    def _authorize(self, request: web.Request) -> None:
+    def authorize(self, request: web.Request) -> None:
         if self._api_keys and not token_matches(request.headers.get("Authorization"), self._api_keys):
             raise ProxyError(401, ErrorType.UNAUTHORIZED, "gateway token missing or invalid: send "
                              "'Authorization: Bearer <key>' with a key configured in auth.api_keys")
@@ -141,15 +143,19 @@ class Forwarder:
         path = endpoint.name
         stats = ReplyStats()
         rec = RequestRecord(path, start=start, stats=stats)
-        decision = Decision(NO_ROUTE, Arm.DIRECT, NO_MODEL, self.config.upstream)
+        request_id = request_id_from(request.headers.get("X-Request-ID"))
+        decision = Decision(NO_ROUTE, Arm.DIRECT, NO_MODEL, self.config.upstream, request_id=request_id)
+        session_raw: str | None = None
+        messages: Any = None
         try:
             raw, body = await self._read_json(request)
             requested = body["model"]
+            messages = body.get("messages")
             session_raw = extract_session(self.config.session_sources, request.headers, body)
             rec.session = self.recorder.session_label(session_raw)
             sources = self.routes.session_sources(requested)
             key = session_raw if sources is None else extract_session(sources, request.headers, body)
-            decision = self.routes.decide(requested, key)
+            decision = replace(self.routes.decide(requested, key), request_id=request_id)
             rec.route, rec.arm = decision.route, decision.arm
             rec.model, rec.model_admitted = self.recorder.model_label(decision.model, decision.route != NO_ROUTE)
             choice = await self._choose(decision.model, key, embedding=not endpoint.generates)
@@ -205,12 +211,16 @@ class Forwarder:
             self.recorder.record(rec)
             if self.on_result is not None and decision.route != NO_ROUTE:
                 self.on_result(decision, rec)
+            if self.quality is not None:
+                self.quality.observe(path, decision, rec, session_raw, messages, request.headers.get("Authorization"))
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:
         response.headers["X-Sidecar-Route"] = header_value(d.route)
         response.headers["X-Sidecar-Arm"] = d.arm
         response.headers["X-Sidecar-Model"] = header_value(d.model)
+        if d.request_id:
+            response.headers["X-Request-ID"] = d.request_id
         if d.server:
             response.headers["X-Sidecar-Upstream"] = header_value(d.server)
 

@@ -1,0 +1,117 @@
+"""User feedback on answers: ``POST /api/feedback`` or ``/v1/feedback`` with a request id.
+
+Every instrumented response carries ``X-Request-ID`` (the client's own when it sent a
+well-formed one, else a new one). The proxy remembers, for ``feedback_ttl`` and at most
+``feedback_cap`` ids, which route, arm and model served each request and which API key made
+it (a hash), so a rating can be attributed without the client knowing the arm. A rating is
+``1`` / ``-1`` or a number in [0, 1] (0.5 and above is positive); a comment is accepted and
+dropped. The same request rated again counts once: the last rating wins, and the one it
+replaces is counted in ``ollama_proxy_feedback_retracted_total``, so the negative ratio is
+(rated − retracted) over the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from proxy.metrics import ProxyMetrics
+
+POSITIVE, NEGATIVE = "positive", "negative"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what a client's own X-Request-ID may be
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's X-Request-ID when well formed (bounded length and characters), else a new one."""
+    return header if header is not None and REQUEST_ID.fullmatch(header) else new_request_id()
+
+
+def key_hash(authorization: str | None) -> bytes:
+    """Who may rate a request: a hash of the API key that made it (empty without keys)."""
+    return hashlib.blake2b((authorization or "").encode(), digest_size=8).digest()
+
+
+def rating_of(score: Any) -> str | None:
+    """``positive`` or ``negative`` for a valid score, else None."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        return None
+    if score == 1 or score == -1:
+        return POSITIVE if score == 1 else NEGATIVE
+    if 0 <= score <= 1:
+        return POSITIVE if score >= 0.5 else NEGATIVE
+    return None
+
+
+@dataclass(slots=True)
+class Served:
+    route: str
+    arm: str
+    model: str
+    key: bytes
+    expires: float
+    rating: str | None = None
+
+
+class FeedbackError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class FeedbackStore:
+    def __init__(self, metrics: ProxyMetrics, ttl: float, cap: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self.ttl = ttl
+        self.cap = cap
+        self.clock = clock
+        self.served: OrderedDict[str, Served] = OrderedDict()  # oldest first
+
+    def remember(self, request_id: str, route: str, arm: str, model: str, key: bytes) -> None:
+        now = self.clock()
+        self.served.pop(request_id, None)
+        self.served[request_id] = Served(route, arm, model, key, now + self.ttl)
+        while len(self.served) > self.cap:
+            self.served.popitem(last=False)
+        # expired ids at the old end go as new ones arrive: bounded work per request
+        for _ in range(2):
+            if self.served:
+                oldest_id, oldest = next(iter(self.served.items()))
+                if oldest.expires < now:
+                    del self.served[oldest_id]
+
+    def rate(self, body: Any, key: bytes) -> dict[str, Any]:
+        """Attribute one rating; raises :class:`FeedbackError` (400 malformed, 404 unknown)."""
+        if not isinstance(body, dict):
+            raise FeedbackError(400, 'body must be a JSON object: {"request_id": "...", "score": 1}')
+        request_id, score = body.get("request_id"), body.get("score")
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+            raise FeedbackError(400, "request_id must be the X-Request-ID of an answer (1-128 letters, digits, ._:-)")
+        rating = rating_of(score)
+        if rating is None:
+            raise FeedbackError(400, "score must be 1 (positive), -1 (negative) or a number in [0, 1] "
+                                     "(0.5 and above is positive)")
+        if "comment" in body and not isinstance(body["comment"], str):
+            raise FeedbackError(400, "comment must be a string")
+        served = self.served.get(request_id)
+        if served is None or served.expires < self.clock() or served.key != key:
+            # another key's request is as unknown as an expired one: ids do not leak across keys
+            raise FeedbackError(404, f"no recent answer with request_id {request_id!r} (ids are kept "
+                                     f"{self.ttl:g}s, for the API key that made the request)")
+        m = self.metrics
+        if served.rating is not None:
+            m.feedback_retracted.labels(served.route, served.arm, served.model, served.rating).inc()
+        served.rating = rating
+        m.feedback.labels(served.route, served.arm, served.model, rating).inc()
+        return {"request_id": request_id, "rating": rating, "route": served.route, "arm": served.arm,
+                "model": served.model}
