@@ -141,3 +141,22 @@ def test_a_rollout_analysed_on_prometheus_climbs_on_its_counts_and_holds_when_it
             assert after["reason"].startswith("holding: cannot query Prometheus")
         finally:
             traffic.stop()
+
+
+def test_a_canary_that_answers_worse_without_any_error_is_rolled_back_on_quality(tmp_path):
+    """Simulated users reject the canary's answers (they regenerate or rate them down) while
+    every request succeeds: the quality rule fires through real Prometheus, Alertmanager
+    calls the proxy, and the route is rolled back with the quality alert as its reason."""
+    with LocalStack(StackOptions(workdir=tmp_path)) as stack:
+        traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=200, pause=0.02,
+                                simulator=stack.url("simulator")).start()
+        try:
+            wait_for(lambda: prometheus_sees_both_arms(stack), 30, "Prometheus to see traffic on both arms")
+            stack.set_canary_profile(answer_quality=0.3)
+            state = wait_for(lambda: (s := stack.route_state())["rolled_back"] and s, 60, "the quality rollback")
+        finally:
+            traffic.stop()
+        assert state["reason"] == "alert:OllamaCanaryQualityRegression"
+        assert all(o.completed for o in traffic.snapshot()), "no request failed: quality alone"
+        assert proxy_metric(stack, "ollama_proxy_regenerations_total", arm="canary") > \
+            proxy_metric(stack, "ollama_proxy_regenerations_total", arm="stable")

@@ -11,6 +11,9 @@ fine-tune (both served by the Ollama simulator) and sticky sessions:
 * ``failover``: two simulated Ollama servers share the traffic; one is killed (SIGKILL).
   Only the streams that were in flight on it fail, each with an in-protocol error line;
   every other request succeeds, moved to the survivor before its first byte.
+* ``quality``: a 50/50 split whose canary starts answering worse without any HTTP error:
+  its simulated users regenerate and rate down, ``OllamaCanaryQualityRegression`` fires
+  and the route is rolled back (needs Prometheus and Alertmanager).
 * ``rollback``: a 50/50 split, then the canary breaks; the shipped alert rules fire
   ``OllamaCanaryErrorRateHigh``, Alertmanager calls the proxy's webhook and the proxy rolls
   the route back; without them, the proxy's own circuit breaker does it.
@@ -37,7 +40,7 @@ from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, 
 from proxy.commands.traffic import TrafficDriver
 
 
-SCENARIOS = ("rollout", "rollout-ok", "rollback", "failover")
+SCENARIOS = ("rollout", "rollout-ok", "rollback", "failover", "quality")
 # Short steps so the whole ramp fits in a minute; min_requests keeps each step honest.
 DEMO_ROLLOUT = {"steps": [5, 20, 50], "interval": 4, "min_requests": 10, "stall_after": 600,
                 "checks": {"failure_ratio": {"max": 0.1, "max_over_stable": 0.1}}}
@@ -47,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--scenario", choices=SCENARIOS, default="rollout",
                         help="rollout: a ramp whose canary breaks at 50 %% and is rolled back (default); "
                              "rollout-ok: a healthy canary promoted; rollback: a 50/50 split whose canary breaks; "
-                             "failover: two Ollama servers share the traffic and one dies")
+                             "failover: two Ollama servers share the traffic and one dies; quality: a canary that "
+                             "answers worse without any error, rolled back on its users' regenerations and ratings")
     parser.add_argument("--fault-after", type=float, default=10.0, help="rollback scenario: seconds of healthy "
                         "traffic before the canary breaks (default 10)")
     parser.add_argument("--error-rate", type=float, default=0.6, help="share of canary requests that fail "
@@ -97,7 +101,7 @@ def stack_options(workdir: Path, monitoring: bool, preferred_ports: bool = True,
     and two simulated GPUs."""
     breaker = None if monitoring else {"window": 10, "min_requests": 8, "failure_ratio": 0.3}
     rollout = DEMO_ROLLOUT if scenario.startswith("rollout") else None
-    weight = 50 if scenario == "rollback" else 0
+    weight = 50 if scenario in ("rollback", "quality") else 0
     options = StackOptions(workdir=workdir, canary_weight=weight, breaker=breaker, monitoring=monitoring,
                            reconcile_interval=15.0, preferred_ports=preferred_ports, fake_gpus=2, rollout=rollout,
                            servers=2 if scenario == "failover" else 1)
@@ -123,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
                         "(no GPU needed)\n",
           "rollback": "ollama-sidecar demo: a canary goes bad and is rolled back automatically (no GPU needed)\n",
           "failover": "ollama-sidecar demo: two Ollama servers share the traffic and one dies (no GPU needed)\n",
+          "quality": "ollama-sidecar demo: a canary answers worse without a single error, and is rolled back on "
+                     "its users' regenerations and ratings (no GPU needed)\n",
           }[args.scenario])
     if not monitoring:
         _say("  Prometheus/Alertmanager not used: " + ("--no-monitoring given." if args.no_monitoring else
@@ -139,7 +145,12 @@ def run(args: argparse.Namespace) -> int:
         if monitoring:
             _say("  Alertmanager: rollback alerts go to the proxy's webhook; no human receiver is configured "
                  "(docs/monitoring-stack.md, \"Notifying humans\")")
-        if args.scenario == "failover":
+        if args.scenario == "quality":
+            _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions; simulated users "
+                 "hold conversations, regenerate answers they reject and rate some\n")
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=200, simulator=stack.url("simulator")).start()
+            outcome = _quality_timeline(stack, traffic, args)
+        elif args.scenario == "failover":
             _say(f"  route '{ROUTE}': {STABLE_MODEL} on two servers ({', '.join(stack.simulators)}), sessions "
                  "sticky to a server\n")
             traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=200).start()
@@ -250,6 +261,51 @@ def _rollout_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.
             stable_failed = [o for o in traffic.snapshot() if o.arm == "stable" and not o.completed
                              and o.model == STABLE_MODEL]
             _say(f"  requests on stable that failed at any time: {len(stable_failed)}")
+            return state
+    return None
+
+
+def _quality_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespace) -> dict[str, Any] | None:
+    _say(f"  {'t':>4}  {'stable':^14}  {'canary':^14}  {'rejected (3 s)':^17}  {'weight':>6}  {'firing alerts':<32}")
+    start = time.monotonic()
+    broke_at: float | None = None
+    seen_alerts: set[str] = set()
+    history = [traffic.tally()]
+    while time.monotonic() - start < args.fault_after + args.timeout:
+        time.sleep(1.0)
+        now = time.monotonic()
+        t = now - start
+        if broke_at is None and t >= args.fault_after:
+            stack.set_canary_profile(answer_quality=0.4)
+            broke_at = now
+            _say(f"  {t:4.0f}s >>> the canary starts answering worse: its users now reject 6 answers in 10 "
+                 "(still HTTP 200, no error)")
+        history.append(traffic.tally())
+        old, new = history[max(0, len(history) - 4)], history[-1]
+        # the share of answers the users rejected (regenerated or rated down) over the last 3 s
+        regen = {arm: (new[arm][1] + new[arm][2] - old[arm][1] - old[arm][2]) / max(1, new[arm][0] - old[arm][0])
+                 for arm in ("stable", "canary")}
+        recent = traffic.snapshot(since=now - 2.0)
+        state = stack.route_state()
+        alerts = stack.firing_alerts()
+        for name in sorted(set(alerts) - seen_alerts):
+            _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
+        seen_alerts |= set(alerts)
+        status = f"ROLLED BACK ({state['reason']})" if state["rolled_back"] else "split"
+        _say(f"  {t:4.0f}s  {_arm_stats(recent, 'stable', 2.0)}  {_arm_stats(recent, 'canary', 2.0)}  "
+             f"{regen.get('stable', 0):7.0%} {regen.get('canary', 0):7.0%}  {state['effective_weight']:5.0f}%  "
+             f"{', '.join(alerts) or '-':<32} {status}")
+        if state["rolled_back"]:
+            assert broke_at is not None
+            failed = [o for o in traffic.snapshot() if not o.completed]
+            _say(f"\n  rolled back {now - broke_at:.1f}s after the canary started answering worse, by "
+                 f"{state['reason']}.")
+            _say(f"  failed requests on either arm at any time: {len(failed)}")
+            return state
+        if not stack.monitoring and broke_at is not None and now - broke_at > 10:
+            _say("\n  without Prometheus and Alertmanager nothing acts on quality (the breaker counts errors, and "
+                 "there are none):\n  the signals are on the proxy's /metrics "
+                 "(ollama_proxy_regenerations_total, ollama_proxy_feedback_total).")
             return state
     return None
 

@@ -126,6 +126,8 @@ class LocalStack:
             # A demo stops (or restarts its proxy) within its stop wait, streams or not.
             "timeouts": {"shutdown": 5},
             "rollout_tick": 0.5,
+            # Short, so that sessions expire (and their duration shows) within a demo.
+            "session_active_window": 10,
         }
         if self.options.reconcile_interval is not None and self.monitoring:
             config["alertmanager_url"] = self.url("alertmanager")
@@ -245,6 +247,10 @@ class LocalStack:
             resp = requests.post(url, json=body or {}, headers=self.admin_headers, timeout=60)
         resp.raise_for_status()
         return resp.json()
+
+    def set_canary_profile(self, **fields: Any) -> None:
+        """Change the canary's simulated profile on every server (e.g. answer_quality)."""
+        self.break_canary(**fields)
 
     def break_canary(self, **fields: Any) -> None:
         for name in self.simulators:  # wherever the canary is served

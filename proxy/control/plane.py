@@ -171,6 +171,20 @@ class ControlPlane:
                     for error_type in (ErrorType.NONE, *sorted(SERVER_SIDE_ERRORS)):
                         m.route_requests.labels(state.name, arm, canonical_model(model), upstream, error_type)
                 m.model_load_waits.labels(state.name, arm, canonical_model(model))
+                # The quality signals' counters start at 0 too (their ratios feed a rollback alert).
+                for metric in (m.regenerations, m.client_retries):
+                    metric.labels(state.name, arm, canonical_model(model))
+                for rating in ("positive", "negative"):
+                    m.feedback.labels(state.name, arm, canonical_model(model), rating)
+                    m.feedback_retracted.labels(state.name, arm, canonical_model(model), rating)
+        for arm in (Arm.STABLE, Arm.CANARY):
+            for event in ("started", "expired", "overflow"):
+                m.sessions.labels(state.name, arm, event)
+            m.active_sessions.labels(state.name, arm)
+            m.session_duration.labels(state.name, arm)
+            m.session_requests.labels(state.name, arm)
+            for endpoint in ("/api/chat", "/v1/chat/completions"):
+                m.conversation_turns.labels(endpoint, state.name, arm)
         for reason in ROUTE_CHANGE_REASONS:
             m.route_changes.labels(state.name, reason)
         m.route_canary_weight.labels(state.name).set(state.effective_weight)

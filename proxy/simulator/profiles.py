@@ -46,6 +46,10 @@ class ModelProfile:
     parameter_size: str = "8.0B"
     quantization_level: str = "Q4_K_M"
     embedding_dim: int = 384
+    # How good its answers are to the simulated users of the demo's traffic (the share they
+    # accept; the others are regenerated or rated down). No effect on the HTTP exchange: a
+    # worse model that never errors.
+    answer_quality: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,7 +61,8 @@ class ModelProfile:
 
 _TYPES_BY_NAME = {"str": str, "float": float, "int": int}
 FIELD_TYPES: dict[str, type] = {f.name: _TYPES_BY_NAME[str(f.type)] for f in fields(ModelProfile)}
-RATE_FIELDS = ("error_rate", "midstream_error_rate", "midstream_cut_rate", "hang_rate", "vram_ratio")
+RATE_FIELDS = ("error_rate", "midstream_error_rate", "midstream_cut_rate", "hang_rate", "vram_ratio",
+               "answer_quality")
 NON_NEGATIVE_FIELDS = ("ttft_seconds", "cold_load_seconds", "size_bytes")
 POSITIVE_FIELDS = ("tokens_per_second", "output_tokens", "context_length", "embedding_dim")
 
