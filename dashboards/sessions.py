@@ -55,8 +55,57 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
                                     "evictions"), "ops"),
                       PER_PROCESS, "Route", "Model"), 6),
     )
+    # Session flow and quality per arm (proxy.quality): sessions and conversations carry no
+    # model label (a session is counted under the route and arm of its first request).
+    NO_MODEL = "sessions and conversations are counted per route and arm, not per model."
+    SF = f'{s.proxy_instance}, route=~"$route", arm=~"stable|canary"'
+    ARM = "{{route}} {{arm}}"
+    lay.row(
+        "Session flow",
+        (c.unfiltered(c.timeseries("Active sessions by arm",
+                                   (f"sum by (route, arm) ({pm.ACTIVE_SESSIONS.name}{{{SF}}})", ARM), "short",
+                                   description="Sessions with a request within session_active_window; exact up to "
+                                               "session_tracking_cap, independent of the session label cap."),
+                      NO_MODEL, "Model"), 8),
+        (c.unfiltered(c.timeseries("Sessions started and expired /s by arm",
+                                   (f'sum by (route, arm, event) (rate({pm.SESSIONS.name}{{{SF}}}[{c.RATE}]))',
+                                    "{{route}} {{arm}} {{event}}"), "ops",
+                                   description="overflow: sessions not tracked (session_tracking_cap reached)."),
+                      NO_MODEL, "Model"), 8),
+        (c.unfiltered(c.timeseries("Session duration p50 / p95 by arm", [
+            (c.quantile(q, pm.SESSION_DURATION.name, SF, "route, arm"), f"p{round(q * 100)} {ARM}")
+            for q in (0.5, 0.95)], "s", description="First to last request of sessions that expired."),
+            NO_MODEL, "Model"), 8),
+    )
+    lay.row(
+        "Conversations and quality by arm",
+        (c.unfiltered(c.timeseries("Requests per session and turns per conversation (means)", [
+            (c.ratio(c.rate(f"{pm.SESSION_REQUESTS.name}_sum", SF, "route, arm"),
+                     c.rate(f"{pm.SESSION_REQUESTS.name}_count", SF, "route, arm")), "requests/session " + ARM),
+            (c.ratio(c.rate(f"{pm.CONVERSATION_TURNS.name}_sum", SF, "route, arm"),
+                     c.rate(f"{pm.CONVERSATION_TURNS.name}_count", SF, "route, arm")), "turns/chat " + ARM),
+        ], "short", description="A worse model often shortens sessions: users give up sooner."),
+            NO_MODEL, "Model"), 8),
+        (c.unfiltered(c.timeseries("Regenerated turns, share by arm", (
+            c.ratio(c.rate(pm.REGENERATIONS.name, SF, "route, arm"),
+                    c.rate(f"{pm.CONVERSATION_TURNS.name}_count", SF, "route, arm")), ARM), "percentunit",
+            description="Chat requests that asked for the same turn again after a successful answer: the user did "
+                        "not like it. The quality rollback alert compares the arms on this (and on ratings)."),
+            NO_MODEL, "Model"), 8),
+        (c.timeseries("Negative ratings, share by arm",
+                      (f'(sum by (route, arm) (rate({pm.FEEDBACK.name}{{{F}, rating="negative"}}[{c.RATE}]))'
+                       f" - on (route, arm) (sum by (route, arm) (rate({pm.FEEDBACK_RETRACTED.name}"
+                       f'{{{F}, rating="negative"}}[{c.RATE}])) or 0 * sum by (route, arm) (rate({pm.FEEDBACK.name}'
+                       f'{{{F}, rating="negative"}}[{c.RATE}]))))\n/ on (route, arm)\n'
+                       f"(sum by (route, arm) (rate({pm.FEEDBACK.name}{{{F}}}[{c.RATE}]))"
+                       f" - on (route, arm) (sum by (route, arm) (rate({pm.FEEDBACK_RETRACTED.name}{{{F}}}[{c.RATE}]))"
+                       f" or 0 * sum by (route, arm) (rate({pm.FEEDBACK.name}{{{F}}}[{c.RATE}]))))", ARM),
+                      "percentunit", description="Ratings on /api/feedback and /v1/feedback, net of ratings "
+                                                 "replaced by a later one (the last rating of an answer wins)."), 8),
+    )
     return c.dashboard(
         config, config.dashboard_uids.sessions, "Ollama sidecar / Sessions",
-        "Top sessions by requests and tokens, the share of traffic labelled other, and evictions.",
+        "Top sessions by requests and tokens, the share of traffic labelled other, and evictions; the session "
+        "flow, conversations and quality signals per arm.",
         lay, c.variables(config, *c.proxy_variables(config)),
     )

@@ -165,10 +165,11 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     return app
 
 
-async def sweep_sessions(quality: QualitySignals, every: float = 5.0) -> None:
-    """Expire idle sessions (their duration and request count are observed then)."""
+async def sweep_sessions(quality: QualitySignals) -> None:
+    """Expire idle sessions (their duration and request count are observed then), at most
+    a quarter of the active window late."""
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(min(5.0, quality.tracker.active_window / 4))
         quality.tracker.sweep()
 
 

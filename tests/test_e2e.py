@@ -148,7 +148,7 @@ def test_a_canary_that_answers_worse_without_any_error_is_rolled_back_on_quality
     every request succeeds: the quality rule fires through real Prometheus, Alertmanager
     calls the proxy, and the route is rolled back with the quality alert as its reason."""
     with LocalStack(StackOptions(workdir=tmp_path)) as stack:
-        traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=200, pause=0.02,
+        traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=40, pause=0.02,
                                 simulator=stack.url("simulator")).start()
         try:
             wait_for(lambda: prometheus_sees_both_arms(stack), 30, "Prometheus to see traffic on both arms")

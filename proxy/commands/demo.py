@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         if args.scenario == "quality":
             _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions; simulated users "
                  "hold conversations, regenerate answers they reject and rate some\n")
-            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=200, simulator=stack.url("simulator")).start()
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=40, simulator=stack.url("simulator")).start()
             outcome = _quality_timeline(stack, traffic, args)
         elif args.scenario == "failover":
             _say(f"  route '{ROUTE}': {STABLE_MODEL} on two servers ({', '.join(stack.simulators)}), sessions "

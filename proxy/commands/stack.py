@@ -126,8 +126,9 @@ class LocalStack:
             # A demo stops (or restarts its proxy) within its stop wait, streams or not.
             "timeouts": {"shutdown": 5},
             "rollout_tick": 0.5,
-            # Short, so that sessions expire (and their duration shows) within a demo.
-            "session_active_window": 10,
+            # Short, so that sessions expire (and their duration shows) within a demo; the
+            # traffic's regular users come back every few seconds, its visitors never.
+            "session_active_window": 4,
         }
         if self.options.reconcile_interval is not None and self.monitoring:
             config["alertmanager_url"] = self.url("alertmanager")

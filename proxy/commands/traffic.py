@@ -84,8 +84,12 @@ class TrafficDriver:
     def _work(self, worker: int) -> None:
         http = requests.Session()
         i = worker
+        n = 0
         while not self._stop.is_set():
-            session = f"user-{i % self.sessions}"
+            # One request in ten is a visitor who asks one question and leaves: sessions end
+            # (and expire) all the time, as on a real chat product.
+            session = f"visitor-{worker}-{n}" if n % 10 == 9 else f"user-{i % self.sessions}"
+            n += 1
             i += self.workers
             outcome = self.one(http, session)
             with self._lock:
