@@ -40,6 +40,35 @@ def _arm(requests_: int, failures: int, ttft: int | None = None, slow: int = 0) 
 NO_SESSIONS = {arm: report.concentration(report.SessionCounts({}, {})) for arm in report.ARMS}
 
 
+def _quality(arm: dict, chats: int, regenerations: int, ratings: int = 0, negative: int = 0) -> dict:
+    return {**arm, **report.quality_numbers({"chat_requests": chats, "turns": chats * 2, "regenerations": regenerations,
+                                             "ratings": ratings, "negative_ratings": negative,
+                                             "sessions_started": chats / 4})}
+
+
+def test_a_canary_whose_users_regenerate_significantly_more_is_worse_without_any_failure():
+    healthy = _arm(2000, 0)
+    result = decide(_quality(healthy, 400, 8), _quality(healthy, 400, 60))
+    assert result["verdict"] == report.WORSE and result["quality_worse"] == ["regeneration ratio"]
+    assert "regeneration ratio: canary 60/400 against stable's 8/400" in result["reason"]
+
+
+def test_negative_ratings_count_too_and_a_few_ratings_say_nothing():
+    healthy = _arm(2000, 0)
+    worse = decide(_quality(healthy, 400, 8, ratings=100, negative=10), _quality(healthy, 400, 8, 100, 45))
+    assert worse["quality_worse"] == ["negative ratings"]
+    few = decide(_quality(healthy, 400, 8, ratings=3, negative=0), _quality(healthy, 400, 8, 3, 2))
+    assert few["quality_worse"] == [] and few["verdict"] != report.WORSE
+
+
+def test_quality_numbers_carry_intervals():
+    q = report.quality_numbers({"chat_requests": 200, "turns": 500, "regenerations": 20, "ratings": 50,
+                                "negative_ratings": 10, "sessions_started": 40})
+    assert (q["mean_turns"], q["regeneration_ratio"], q["satisfaction"]) == (2.5, 0.1, 0.8)
+    low, high = q["regeneration_ratio_ci95"]
+    assert low < 0.1 < high
+
+
 def decide(stable: dict, canary: dict, rules: report.Rules = RULES, sessions: dict = NO_SESSIONS) -> dict:
     return report.decide({"stable": stable, "canary": canary}, sessions, rules)
 
@@ -514,7 +543,7 @@ def _json(prometheus, route: str, capsys, *extra: str) -> dict:
 def test_clearly_worse_canary_json(prometheus, capsys):
     result = _json(prometheus, "worse", capsys)
     assert list(result) == ["route", "window", "at", "prometheus", "arms", "failures", "latency", "sessions",
-                            "verdict", "reason", "more_canary_requests", "notes", "rules"]
+                            "quality_worse", "verdict", "reason", "more_canary_requests", "notes", "rules"]
     stable, canary = result["arms"]["stable"], result["arms"]["canary"]
     # Client errors (bad_request) are in the totals but never count as failures.
     assert (stable["requests"], stable["failures"]) == (1200, 12)

@@ -267,6 +267,26 @@ class Queries:
             f"sum by (arm) (increase({count}{self._selector()}[{self.window}]))"
         )
 
+    def quality(self) -> dict[str, str]:
+        """Per arm: sessions started, chat requests and their user turns, regenerations, and
+        ratings net of the ones replaced by a later rating (the last one wins)."""
+        w = self.window
+
+        def inc(name: str, extra: str = "") -> str:
+            return f"sum by (arm) (increase({name}{self._selector(extra)}[{w}]))"
+
+        def net(extra: str = "") -> str:
+            return f"({inc(pm.FEEDBACK.name, extra)} - ({inc(pm.FEEDBACK_RETRACTED.name, extra)} or 0 * " \
+                   f"{inc(pm.FEEDBACK.name, extra)}))"
+        return {
+            "sessions_started": inc(pm.SESSIONS.name, ',event="started"'),
+            "chat_requests": inc(f"{pm.CONVERSATION_TURNS.name}_count"),
+            "turns": inc(f"{pm.CONVERSATION_TURNS.name}_sum"),
+            "regenerations": inc(pm.REGENERATIONS.name),
+            "ratings": net(),
+            "negative_ratings": net(',rating="negative"'),
+        }
+
     # Per session: each series' growth over the window, worked out in Python from its last
     # value in the window and its value at the window's start. increase() would miss the
     # first request of every session series born inside the window (the series appears at
@@ -412,6 +432,7 @@ def collect(prometheus: Prometheus, queries: Queries, rules: Rules) -> dict[str,
     tpot_mean = prometheus.by_arm(queries.mean(pm.TIME_PER_OUTPUT_TOKEN))
     per_session = session_counts(prometheus.vector(queries.sessions_end()),
                                  prometheus.vector(queries.sessions_start()))
+    quality = {name: prometheus.by_arm(q) for name, q in queries.quality().items()}
     arms: dict[str, dict[str, Any]] = {}
     for arm in ARMS:
         n = round(requests_by_arm.get(arm, 0.0))
@@ -435,8 +456,47 @@ def collect(prometheus: Prometheus, queries: Queries, rules: Rules) -> dict[str,
             "ttft_p95_seconds": ttft_p95.get(arm),
             "tpot_mean_seconds": tpot,
             "tokens_per_second": 1 / tpot if tpot else None,
+            **quality_numbers({name: values.get(arm, 0.0) for name, values in quality.items()}),
         }
     return {"arms": arms, "sessions": {arm: concentration(per_session[arm]) for arm in ARMS}}
+
+
+def quality_numbers(q: dict[str, float]) -> dict[str, Any]:
+    """One arm's quality signals with 95 % intervals (counts rounded: increase() extrapolates)."""
+    chats = round(q.get("chat_requests", 0.0))
+    regens = min(round(q.get("regenerations", 0.0)), chats)
+    ratings = max(0, round(q.get("ratings", 0.0)))
+    negative = min(max(0, round(q.get("negative_ratings", 0.0))), ratings)
+    regen_ci = decisions.wilson_interval(regens, chats)
+    sat_ci = decisions.wilson_interval(ratings - negative, ratings)
+    return {
+        "sessions_started": round(q.get("sessions_started", 0.0)),
+        "chat_requests": chats,
+        "mean_turns": q["turns"] / q["chat_requests"] if q.get("chat_requests") else None,
+        "regenerations": regens,
+        "regeneration_ratio": regens / chats if chats else None,
+        "regeneration_ratio_ci95": list(regen_ci) if regen_ci else None,
+        "ratings": ratings,
+        "negative_ratings": negative,
+        "satisfaction": (ratings - negative) / ratings if ratings else None,
+        "satisfaction_ci95": list(sat_ci) if sat_ci else None,
+    }
+
+
+def quality_worse(arms: dict[str, dict[str, Any]], rules: Rules) -> list[tuple[str, decisions.WorseTest, str]]:
+    """The quality signals in which the canary is significantly worse (one-sided, at
+    ``alpha``): regenerations per chat request, negative ratings per rating. Quality only
+    ever makes a verdict worse: too few ratings say nothing either way."""
+    s, c = arms["stable"], arms["canary"]
+    out = []
+    for label, events, trials in (("regeneration ratio", "regenerations", "chat_requests"),
+                                  ("negative ratings", "negative_ratings", "ratings")):
+        test = decisions.worse_test(c.get(events, 0), c.get(trials, 0), s.get(events, 0), s.get(trials, 0),
+                                    alpha=rules.alpha, min_expected=rules.min_expected)
+        if test is not None and test.worse:
+            text = (f"canary {c[events]}/{c[trials]} against stable's {s[events]}/{s[trials]}")
+            out.append((label, test, text))
+    return out
 
 
 # --- deciding -----------------------------------------------------------------------------
@@ -534,10 +594,12 @@ def decide(arms: dict[str, dict[str, Any]], sessions: dict[str, dict[str, Any]],
             if 0 < arms[arm]["requests"] < rules.min_requests]
 
     more_needed: int | None = None
-    if worse:
+    quality = quality_worse(arms, rules)
+    if worse or quality:
         verdict = WORSE
         reason = "worse: " + "; ".join(
-            f"{label} {_ratio_text(v)} ({_describe(v)})" for label, v in worse)
+            [f"{label} {_ratio_text(v)} ({_describe(v)})" for label, v in worse]
+            + [f"{label}: {text} ({test.describe()})" for label, test, text in quality])
     elif not open_ and not thin:
         verdict = NON_INFERIOR
         reason = "non-inferior: " + "; ".join(
@@ -567,6 +629,7 @@ def decide(arms: dict[str, dict[str, Any]], sessions: dict[str, dict[str, Any]],
         "latency": None if latency is None else {
             "ttft_slo_seconds": rules.ttft_slo, **(_component_json(latency, components[1][2]) or {})},
         "clustered": warning is not None,
+        "quality_worse": [label for label, _, _ in quality],
     }
 
 
@@ -584,6 +647,7 @@ def build_report(prometheus: Prometheus, route: str, window: str, rules: Rules) 
         "failures": decision["failures"],
         "latency": decision["latency"],
         "sessions": {**sessions, "summary": describe_sessions(sessions), "clustered": decision["clustered"]},
+        "quality_worse": decision["quality_worse"],
         "verdict": decision["verdict"],
         "reason": decision["reason"],
         "more_canary_requests": decision["more_canary_requests"],
@@ -616,6 +680,12 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("latency p95", lambda a: _seconds(a["latency_p95_seconds"])),
     ("TTFT p95", lambda a: _seconds(a["ttft_p95_seconds"])),
     ("time/output token (mean)", lambda a: _seconds(a["tpot_mean_seconds"])),
+    ("sessions started", lambda a: f"{a.get('sessions_started', 0):,}"),
+    ("turns per chat (mean)", lambda a: "n/a" if a.get("mean_turns") is None else f"{a['mean_turns']:.2f}"),
+    ("regenerated [95% CI]", lambda a: _share(a.get("regenerations", 0), a.get("chat_requests", 0),
+                                              a.get("regeneration_ratio"), a.get("regeneration_ratio_ci95"))),
+    ("satisfied [95% CI]", lambda a: _share(a.get("ratings", 0) - a.get("negative_ratings", 0),
+                                            a.get("ratings", 0), a.get("satisfaction"), a.get("satisfaction_ci95"))),
     ("tokens/s (1 / mean TPOT)", lambda a: "n/a" if a["tokens_per_second"] is None
      else f"{a['tokens_per_second']:.1f}"),
 )
