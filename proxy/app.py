@@ -95,6 +95,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     fleet = Fleet(config, metrics)
     recorder.installed = fleet.installed_anywhere
     quality = QualitySignals(config, metrics)
+    quality.feedback.on_rating = rollouts.rated
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
                           fleet, on_result=on_result, quality=quality)
 

@@ -115,6 +115,9 @@ class RolloutConfig:
     min_requests: int = 100
     failure_ratio: RolloutCheck = field(default_factory=lambda: RolloutCheck(max=0.03, max_over_stable=0.02))
     ttft_over_slo: RolloutCheck | None = None
+    # Quality (proxy.quality): regenerated turns per chat request, negative ratings per rating.
+    regeneration_ratio: RolloutCheck | None = None
+    negative_feedback: RolloutCheck | None = None
     on_complete: str = "promote"  # or "hold": stay at 100 % until `rollout promote`
     stall_after: float = 3600.0  # stalled when the evidence still needed would take longer at today's rate
     analysis_prometheus: str | None = None  # counts from Prometheus (every replica) instead of this proxy's
@@ -241,9 +244,24 @@ TTFT_CHECK = Section("ttft_over_slo", "Share of successful, warm requests whose 
             maximum=1),
 ), model=RolloutCheck)
 
+REGENERATION_CHECK = Section("regeneration_ratio", "Chat requests that asked for the same turn again (the user did "
+                             "not like the answer), per chat request.", (
+    Setting("max", "number", "Share that rolls the canary back on its own, once exceeded with significance.",
+            minimum=0, maximum=1, nullable=True),
+    Setting("max_over_stable", "number", "Non-inferiority margin, for the last move.", minimum=1e-6, maximum=1),
+), model=RolloutCheck)
+
+NEGATIVE_FEEDBACK_CHECK = Section("negative_feedback", "Negative ratings (/api/feedback, /v1/feedback) per rating.", (
+    Setting("max", "number", "Share that rolls the canary back on its own, once exceeded with significance.",
+            minimum=0, maximum=1, nullable=True),
+    Setting("max_over_stable", "number", "Non-inferiority margin, for the last move.", minimum=1e-6, maximum=1),
+), model=RolloutCheck)
+
 CHECKS = Section("checks", "What each step is judged on; without `checks`, the failure ratio with its defaults.", (
     Setting("failure_ratio", "section", "", section=FAILURE_CHECK),
     Setting("ttft_over_slo", "section", "", section=TTFT_CHECK),
+    Setting("regeneration_ratio", "section", "", section=REGENERATION_CHECK),
+    Setting("negative_feedback", "section", "", section=NEGATIVE_FEEDBACK_CHECK),
 ))
 
 ANALYSIS = Section("analysis", "Where the rollout's counts come from: this proxy's own (the default), or "
@@ -545,8 +563,13 @@ def _parse_rollout(value: Any, key: str, inputs: Inputs, decisions: DecisionSett
             bounds = " ".join(f"{b:g}" for b in TIME_TO_FIRST_TOKEN.buckets)
             raise ConfigError(f"{key}.checks.ttft_over_slo.slo", f"{ttft.slo:g}s is not a bucket bound of the time "
                                                                  f"to first token histogram: use one of {bounds}")
+    quality = {}
+    for name, section in (("regeneration_ratio", REGENERATION_CHECK), ("negative_feedback", NEGATIVE_FEEDBACK_CHECK)):
+        if name in checks:
+            fields = section.read(checks[name], f"{key}.checks.{name}", inputs)
+            quality[name] = RolloutCheck(**{"max_over_stable": decisions.quality_margin, **fields})
     analysis = ANALYSIS.read(given.pop("analysis", None), f"{key}.analysis", inputs)
-    return RolloutConfig(**given, failure_ratio=failure, ttft_over_slo=ttft,
+    return RolloutConfig(**given, failure_ratio=failure, ttft_over_slo=ttft, **quality,
                          analysis_prometheus=analysis.get("prometheus"))
 
 

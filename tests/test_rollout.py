@@ -55,7 +55,9 @@ class Rig:
         return self.plane.get("chat")
 
     def serve(self, seconds: float, rps: float, *, canary_fail: float = 0.0, stable_fail: float = 0.0,
-              canary_ttft: float = 0.2, stable_ttft: float = 0.2, cold: float = 0.0, tick: float = 1.0) -> None:
+              canary_ttft: float = 0.2, stable_ttft: float = 0.2, cold: float = 0.0, tick: float = 1.0,
+              canary_regen: float = 0.0, stable_regen: float = 0.0, canary_negative: float = 0.0,
+              stable_negative: float = 0.0, rated: float = 0.0) -> None:
         """Sessions arrive at ``rps`` and are routed by the plane's current state; the
         rollouts tick every ``tick`` seconds of fake time."""
         for _ in range(int(seconds / tick)):
@@ -71,6 +73,11 @@ class Rig:
                         rec.load_wait = True
                     else:
                         rec.ttft = canary_ttft if canary else stable_ttft
+                rec.chat = True
+                rec.regenerated = self.rng.random() < (canary_regen if canary else stable_regen)
+                if not failed and self.rng.random() < rated:
+                    negative = self.rng.random() < (canary_negative if canary else stable_negative)
+                    self.rollouts.rated("chat", arm, "negative" if negative else "positive", None)
                 self.rollouts.observe(Decision("chat", arm, state.canary if canary else state.stable, "u"), rec)
             self.wall.advance(tick)
             self.mono.advance(tick)
@@ -324,4 +331,34 @@ def test_a_reloaded_rollout_definition_applies_from_the_next_step_and_never_rest
     weights = rig.weights()
     assert weights[:len(done)] == done  # nothing done is redone
     assert [w for w in weights[len(done):] if w < 100] == [w for w in (10, 30, 60) if w > done[-1]]
+    assert rig.rollout.phase == Phase.SUCCEEDED
+
+
+def test_a_canary_whose_users_regenerate_more_is_rolled_back_without_any_failure(tmp_path):
+    rig = Rig(tmp_path, {"checks": {"regeneration_ratio": {"max_over_stable": 0.05}}})
+    rig.rollouts.start("chat")
+    rig.serve(60 * 3, 100, canary_regen=0.02, stable_regen=0.02)
+    assert rig.rollout.step >= 1 and rig.rollout.phase == Phase.PROGRESSING
+    rig.serve(60 * 5, 100, canary_regen=0.4, stable_regen=0.02)
+    assert rig.rollout.phase == Phase.FAILED and "regeneration_ratio" in rig.rollout.reason
+    assert rig.rollout.total.canary.failures == 0
+
+
+def test_negative_ratings_roll_back_and_a_changed_rating_counts_once(tmp_path):
+    rig = Rig(tmp_path, {"checks": {"negative_feedback": {"max_over_stable": 0.05}}})
+    rig.rollouts.start("chat")
+    rig.rollouts.rated("chat", "canary", "negative", None)
+    rig.rollouts.rated("chat", "canary", "positive", "negative")  # the user changed their mind
+    rig.serve(1, 1)
+    assert (rig.rollout.total.canary.ratings, rig.rollout.total.canary.negative) == (1, 0)
+    rig.serve(60 * 8, 100, rated=0.3, canary_negative=0.6, stable_negative=0.1)
+    assert rig.rollout.phase == Phase.FAILED and "negative_feedback" in rig.rollout.reason
+
+
+def test_healthy_quality_signals_let_the_ramp_complete(tmp_path):
+    rig = Rig(tmp_path, {"checks": {"regeneration_ratio": {"max_over_stable": 0.05},
+                                    "negative_feedback": {"max_over_stable": 0.1}}})
+    rig.rollouts.start("chat")
+    rig.serve(60 * 40, 100, canary_regen=0.03, stable_regen=0.03, rated=0.3, canary_negative=0.1,
+              stable_negative=0.1)
     assert rig.rollout.phase == Phase.SUCCEEDED

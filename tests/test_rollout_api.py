@@ -162,3 +162,24 @@ def test_bad_start_requests_get_clear_errors(proxy):
         assert r.status_code == 400 and message in r.json()["error"]
     r = requests.post(f"{proxy.url}/admin/routes/nope/rollout", json={}, headers=AUTH)
     assert r.status_code == 404
+
+
+def test_a_rollouts_evidence_includes_regenerations_and_ratings_seen_by_the_proxy(proxy):
+    assert cli(proxy, "rollout", "start", "chat").returncode == EXIT_OK
+    messages = [{"role": "user", "content": "hi"}]
+    rids = []
+    for i in range(40):
+        for _ in range(2):  # the same turn twice: a regeneration
+            r = requests.post(f"{proxy.url}/api/chat", json={"model": "chat", "messages": messages},
+                              headers={"X-Session-ID": f"s{i}"})
+        rids.append(r.headers["X-Request-ID"])
+    for rid in rids:
+        assert requests.post(f"{proxy.url}/api/feedback", json={"request_id": rid, "score": -1}).status_code == 200
+    def counted(doc: dict) -> bool:
+        return sum(doc["total"][arm]["regenerations"] for arm in ("stable", "canary")) == 40 and \
+            sum(doc["total"][arm]["negative"] for arm in ("stable", "canary")) == 40
+    wait_for(lambda: counted(status(proxy)), 5, "the rollout to count the regenerations and ratings")
+    doc = status(proxy)
+    assert doc["phase"] == "progressing"
+    assert sum(doc["total"][arm]["chats"] for arm in ("stable", "canary")) == 80
+    assert sum(doc["total"][arm]["negative"] for arm in ("stable", "canary")) == 40

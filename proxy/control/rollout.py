@@ -113,6 +113,18 @@ class Rollouts:
             cfg = self._config(decision.route)
             if cfg.ttft_over_slo is not None and rec.ttft > (cfg.ttft_over_slo.slo or 0.0):
                 arm.slow += 1
+        arm.chats += rec.chat
+        arm.regenerations += rec.regenerated
+
+    def rated(self, route: str, arm: str, rating: str, replaced: str | None) -> None:
+        """A rating arrived for an answer of ``route`` (the feedback store calls this)."""
+        rollout = self.plane.rollouts.get(route)
+        if rollout is None or not rollout.active or arm not in (Arm.STABLE, Arm.CANARY):
+            return
+        pending = self.pending.get(route)
+        if pending is None:
+            pending = self.pending[route] = Evidence()
+        (pending.canary if arm == Arm.CANARY else pending.stable).rated(rating, replaced)
 
     # --- operations ------------------------------------------------------------------------------
     def start(self, route: str, *, canary: str | None = None, steps: list[float | str] | None = None,
@@ -220,11 +232,12 @@ class Rollouts:
             if dt > 0:
                 self.rates[route] = rollout.at_step.canary.requests / max(rollout.step_elapsed, 1e-9)
             tests = self._tests(route, rollout)
-            tests["failure_ratio"].observe_interval(fresh.canary.requests, fresh.canary.failures,
-                                                    fresh.stable.requests, fresh.stable.failures)
-            if "ttft_over_slo" in tests:
-                tests["ttft_over_slo"].observe_interval(fresh.canary.warm, fresh.canary.slow,
-                                                        fresh.stable.warm, fresh.stable.slow)
+            for check in checks_of(self._config(route)):
+                # A re-rating can take a negative rating back: the sequential test only ever
+                # sees events that happened (counts below zero are left out).
+                c_e, c_n = (max(0, x) for x in check.counts(fresh.canary))
+                s_e, s_n = (max(0, x) for x in check.counts(fresh.stable))
+                tests[check.name].observe_interval(c_n, min(c_e, c_n), s_n, min(s_e, s_n))
             rollout.sprt = {name: sprt_to_json(test) for name, test in tests.items()}
             self._judge(rollout)
             self._export(route)

@@ -36,6 +36,11 @@ from proxy.decision_settings import DecisionSettings
 
 FAILURE_CHECK = "failure_ratio"
 TTFT_CHECK = "ttft_over_slo"
+REGENERATION_CHECK = "regeneration_ratio"
+FEEDBACK_CHECK = "negative_feedback"
+# check -> (events, trials) fields of ArmEvidence
+COUNTS = {FAILURE_CHECK: ("failures", "requests"), TTFT_CHECK: ("slow", "warm"),
+          REGENERATION_CHECK: ("regenerations", "chats"), FEEDBACK_CHECK: ("negative", "ratings")}
 
 ROLLBACK, ADVANCE, HOLD = "rollback", "advance", "hold"
 
@@ -48,14 +53,18 @@ class Check:
     limits: RolloutCheck
 
     def counts(self, arm: ArmEvidence) -> tuple[int, int]:
-        """(events, trials): failures of requests, or slow first tokens of warm successes."""
-        return (arm.failures, arm.requests) if self.name == FAILURE_CHECK else (arm.slow, arm.warm)
+        """(events, trials): failures of requests, slow first tokens of warm successes,
+        regenerations of chat requests, negative ratings of ratings."""
+        events, trials = COUNTS[self.name]
+        return getattr(arm, events), getattr(arm, trials)
 
 
 def checks_of(config: RolloutConfig) -> list[Check]:
     out = [Check(FAILURE_CHECK, config.failure_ratio)]
-    if config.ttft_over_slo is not None:
-        out.append(Check(TTFT_CHECK, config.ttft_over_slo))
+    for name in (TTFT_CHECK, REGENERATION_CHECK, FEEDBACK_CHECK):
+        limits = getattr(config, name)
+        if limits is not None:
+            out.append(Check(name, limits))
     return out
 
 
@@ -134,7 +143,7 @@ def judge(rollout: Rollout, config: RolloutConfig, settings: DecisionSettings, t
         for check in checks:
             c_e, c_n = check.counts(rollout.total.canary)
             s_e, s_n = check.counts(rollout.total.stable)
-            assess = decisions.assess_failures if check.name == FAILURE_CHECK else decisions.assess_latency_slo
+            assess = decisions.assess_latency_slo if check.name == TTFT_CHECK else decisions.assess_failures
             verdict = assess(c_e, c_n, s_e, s_n, margin=check.limits.max_over_stable, alpha=alpha)
             results[check.name] = verdict.outcome.value.replace("-", "_")
             if verdict.outcome == Outcome.WORSE:
@@ -143,7 +152,7 @@ def judge(rollout: Rollout, config: RolloutConfig, settings: DecisionSettings, t
                 waits.append(math.inf)
             elif verdict.outcome == Outcome.INCONCLUSIVE:
                 more = verdict.more_canary_requests
-                if more is not None and check.name == TTFT_CHECK and c_n:
+                if more is not None and check.name != FAILURE_CHECK and c_n:
                     more = math.ceil(more * max(1.0, rollout.total.canary.requests / c_n))
                 reasons.append(f"{check.name} not yet shown non-inferior ({verdict.reason})")
                 need = max(need, more) if more is not None else need

@@ -39,6 +39,10 @@ class ArmEvidence:
     warm: int = 0
     slow: int = 0
     load_waits: int = 0
+    chats: int = 0  # chat requests with messages
+    regenerations: int = 0
+    ratings: int = 0  # answers rated (a re-rating replaces, never adds)
+    negative: int = 0
 
     def add(self, other: "ArmEvidence") -> None:
         for f in fields(self):
@@ -48,6 +52,12 @@ class ArmEvidence:
     def from_json(cls, data: Any) -> "ArmEvidence":
         data = data if isinstance(data, dict) else {}
         return cls(**{f.name: max(0, int(data.get(f.name, 0))) for f in fields(cls)})
+
+    def rated(self, rating: str, replaced: str | None) -> None:
+        """A rating of one of this arm's answers; ``replaced``: the one it replaces, if any."""
+        if replaced is None:
+            self.ratings += 1
+        self.negative += (rating == "negative") - (replaced == "negative")
 
 
 @dataclass

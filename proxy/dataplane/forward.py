@@ -209,10 +209,10 @@ class Forwarder:
         finally:
             rec.duration = time.perf_counter() - start
             self.recorder.record(rec)
+            if self.quality is not None:  # first: it marks regenerations, which the rollouts count
+                self.quality.observe(path, decision, rec, session_raw, messages, request.headers.get("Authorization"))
             if self.on_result is not None and decision.route != NO_ROUTE:
                 self.on_result(decision, rec)
-            if self.quality is not None:
-                self.quality.observe(path, decision, rec, session_raw, messages, request.headers.get("Authorization"))
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:

@@ -56,6 +56,8 @@ class RequestRecord:
     ttft: float | None = None
     load_wait: bool = False
     upstream: str = NO_UPSTREAM  # the server that answered (its name in the config)
+    chat: bool = False  # a chat request with messages (set by the quality signals)
+    regenerated: bool = False  # the same turn asked again after a successful answer
 
 
 class Recorder:

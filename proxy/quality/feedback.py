@@ -72,6 +72,8 @@ class FeedbackStore:
     def __init__(self, metrics: ProxyMetrics, ttl: float, cap: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
+        # (route, arm, rating, the rating it replaces or None): the rollouts' quality checks
+        self.on_rating: Callable[[str, str, str, str | None], None] = lambda *rating: None
         self.ttl = ttl
         self.cap = cap
         self.clock = clock
@@ -111,6 +113,7 @@ class FeedbackStore:
         m = self.metrics
         if served.rating is not None:
             m.feedback_retracted.labels(served.route, served.arm, served.model, served.rating).inc()
+        self.on_rating(served.route, served.arm, rating, served.rating)
         served.rating = rating
         m.feedback.labels(served.route, served.arm, served.model, rating).inc()
         return {"request_id": request_id, "rating": rating, "route": served.route, "arm": served.arm,

@@ -37,9 +37,11 @@ class QualitySignals:
             if turns:
                 self.metrics.conversation_turns.labels(endpoint, rec.route, rec.arm).observe(turns)
             conversation = conversation_hash(messages)
+        rec.chat = conversation is not None
         if session:
             kind = self.tracker.observe(session, rec.route, rec.arm, conversation, failed)
             if kind == REGENERATION:
+                rec.regenerated = True
                 self.metrics.regenerations.labels(rec.route, rec.arm, rec.model).inc()
             elif kind == RETRY:
                 self.metrics.client_retries.labels(rec.route, rec.arm, rec.model).inc()
