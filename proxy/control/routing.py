@@ -97,13 +97,13 @@ class RouteTable:
         self.routes: dict[str, RouteState] = {
             name: RouteState.from_config(name, cfg) for name, cfg in config.routes.items()}
 
-    def decide(self, requested: str, session_key: str | None) -> Decision:
+    def decide(self, requested: str, session_key: str | None, request_id: str = "") -> Decision:
         state = self.routes.get(requested)
         if state is None:
-            return Decision(NO_ROUTE, Arm.DIRECT, requested, self.config.upstream_for(requested))
+            return Decision(NO_ROUTE, Arm.DIRECT, requested, self.config.upstream_for(requested), "", request_id)
         arm = choose_arm(state, session_key)
         model = state.canary if arm == Arm.CANARY and state.canary else state.stable
-        return Decision(state.name, arm, model, self.config.upstream_for(model))
+        return Decision(state.name, arm, model, self.config.upstream_for(model), "", request_id)
 
     def session_sources(self, requested: str) -> tuple[str, ...] | None:
         state = self.routes.get(requested)

@@ -19,7 +19,6 @@ import json
 import logging
 import time
 import urllib.parse
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -155,7 +154,7 @@ class Forwarder:
             rec.session = self.recorder.session_label(session_raw)
             sources = self.routes.session_sources(requested)
             key = session_raw if sources is None else extract_session(sources, request.headers, body)
-            decision = replace(self.routes.decide(requested, key), request_id=request_id)
+            decision = self.routes.decide(requested, key, request_id)
             rec.route, rec.arm = decision.route, decision.arm
             rec.model, rec.model_admitted = self.recorder.model_label(decision.model, decision.route != NO_ROUTE)
             choice = await self._choose(decision.model, key, embedding=not endpoint.generates)
@@ -184,7 +183,7 @@ class Forwarder:
                 finally:
                     in_flight.dec()
                     for server in held:
-                        self.fleet.release(server, decision.model)
+                        self.fleet.release(server, choice.model)
                         self.fleet.outcome(server, fleet.ERROR if rec.error_type in SERVER_SIDE_ERRORS else fleet.OK)
                         if rec.load_wait:
                             self.fleet.cold_load(server, decision.model)
@@ -243,11 +242,11 @@ class Forwarder:
         servers = choice.servers[: self.config.retries + 1]
         for i, server in enumerate(servers):
             last = i == len(servers) - 1
-            self.fleet.acquire(server, decision.model)
+            self.fleet.acquire(server, choice.model)
             try:
                 resp = await self.upstream.send(request, server.url, raw, headers)
             except ProxyError as err:
-                self.fleet.release(server, decision.model)
+                self.fleet.release(server, choice.model)
                 self.fleet.outcome(server, fleet.CONNECT, connect=True)
                 if last or err.error_type not in (ErrorType.CONNECT, ErrorType.TIMEOUT):
                     if choice.all_down:
@@ -258,12 +257,13 @@ class Forwarder:
                 continue
             if resp.status >= 500 and not last:
                 resp.close()
-                self.fleet.release(server, decision.model)
+                self.fleet.release(server, choice.model)
                 self.fleet.outcome(server, fleet.ERROR)
                 self.fleet.retried(server, fleet.RETRY_BUSY if resp.status == 503 else fleet.RETRY_SERVER_ERROR)
                 continue
             held.append(server)
-            return resp, replace(decision, upstream=server.url, server=server.name)
+            d = decision
+            return resp, Decision(d.route, d.arm, d.model, server.url, server.name, d.request_id)
         raise AssertionError("unreachable: the last server's answer is returned")
 
     async def _exchange(self, request: web.Request, endpoint: Endpoint, decision: Decision, choice: Choice,

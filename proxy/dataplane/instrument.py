@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from proxy import __version__
 from proxy.config import ProxyConfig
@@ -72,6 +72,7 @@ class Recorder:
         self.model_label_cap = config.model_label_cap
         self.access_log = config.access_log
         self.load_wait = config.decisions.load_wait
+        self._upstream_tokens: dict[tuple[str, str, str], Any] = {}  # resolved children (models are bounded)
         # Whether a server lists the model as installed (the fleet's discovery); set by the app.
         self.installed: Callable[[str], bool] = lambda model: False
         self._direct_models: set[str] = set()
@@ -151,7 +152,11 @@ class Recorder:
                     token_labels = (*base, session, kind)
                     self._token_series[session].add(token_labels)
                     m.tokens.labels(*token_labels).inc(count)
-                    m.upstream_tokens.labels(rec.upstream, rec.model, kind).inc(count)
+                    key = (rec.upstream, rec.model, kind)
+                    per_server = self._upstream_tokens.get(key)
+                    if per_server is None:
+                        per_server = self._upstream_tokens[key] = m.upstream_tokens.labels(*key)
+                    per_server.inc(count)
             for hist, value in ((m.load_duration, stats.load_duration),
                                 (m.prompt_eval_duration, stats.prompt_eval_duration),
                                 (m.eval_duration, stats.eval_duration)):

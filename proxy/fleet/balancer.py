@@ -33,6 +33,7 @@ class Choice:
     servers: tuple[Server, ...]  # first: the one to try; the rest: failover order
     reason: str  # why the first: loaded, cold, affinity, saturated
     all_down: bool = False  # every server that has the model is down: tried anyway
+    model: str = ""  # the model's name as Ollama lists it (the servers' in-flight counts key on it)
 
 
 def rendezvous(server: str, session: str) -> int:
@@ -71,4 +72,4 @@ def choose(candidates: Iterable[Server], model: str, session: str | None, embedd
             reason = SATURATED  # every server with the model loaded is full: the least full
     elif model in first.loaded and first.saturation(model, embedding) >= 1:
         reason = SATURATED
-    return Choice(tuple(ordered), reason, all_down)
+    return Choice(tuple(ordered), reason, all_down, model)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import aiohttp
 
 from proxy.config import DEFAULT_SERVER, ProxyConfig
-from proxy.fleet.balancer import REASONS, Choice, choose
+from proxy.fleet.balancer import COLD, REASONS, Choice, choose
 from proxy.fleet.servers import Loaded, Server
 from proxy.metrics import ProxyMetrics, remove_series
 
@@ -54,6 +54,9 @@ class Fleet:
         for gone in old.keys() - self.servers.keys():
             self._forget(gone)
         m = self.metrics
+        single = list(self.servers.values())
+        self._only = (Choice((single[0],), COLD, model="") if len(single) == 1 and not config.model_pins
+                      and not self.discovers else None)
         # Per-request counters resolved once (labels() takes a lock and builds a key).
         self._decisions = {reason: m.balancer_decisions.labels(reason) for reason in REASONS}
         self._requests = {(name, outcome): m.upstream_requests.labels(name, outcome)
@@ -99,6 +102,8 @@ class Fleet:
                 and (s.installed is None or name in s.installed)]
 
     def choose(self, model: str, session: str | None, embedding: bool) -> Choice | None:
+        if self._only is not None:  # plain `upstream:`: nothing to choose, nothing to count
+            return self._only
         choice = choose(self.eligible(model), canonical(model), session, embedding)
         if choice is not None:
             self._decisions[choice.reason].inc()
@@ -109,16 +114,15 @@ class Fleet:
         return any(s.installed is not None and name in s.installed for s in self.servers.values())
 
     def acquire(self, server: Server, model: str) -> None:
-        name = canonical(model)
-        server.in_flight[name] = server.in_flight.get(name, 0) + 1
+        """One more request for ``model`` (as Ollama lists it: ``Choice.model``) on ``server``."""
+        server.in_flight[model] = server.in_flight.get(model, 0) + 1
 
     def release(self, server: Server, model: str) -> None:
-        name = canonical(model)
-        left = server.in_flight.get(name, 0) - 1
+        left = server.in_flight.get(model, 0) - 1
         if left > 0:
-            server.in_flight[name] = left
+            server.in_flight[model] = left
         else:
-            server.in_flight.pop(name, None)
+            server.in_flight.pop(model, None)
 
     def outcome(self, server: Server, outcome: str, *, connect: bool = False) -> None:
         """A request's fate on ``server``: ``ok``, ``error`` (a 5xx or a cut) or ``connect``."""
@@ -136,7 +140,7 @@ class Fleet:
         self.metrics.balancer_decisions.labels("failover").inc()
 
     def cold_load(self, server: Server, model: str) -> None:
-        self.metrics.cold_loads.labels(server.name, canonical(model)).inc()
+        self.metrics.cold_loads.labels(server.name, canonical(model)).inc()  # rare: no cache
 
     # --- background: discovery and health -----------------------------------------------------------
     async def run(self, session: Callable[[], aiohttp.ClientSession | None],

@@ -25,6 +25,7 @@ class QualitySignals:
         self.metrics = metrics
         self.tracker = SessionTracker(metrics, config.session_active_window, config.session_tracking_cap)
         self.feedback = FeedbackStore(metrics, config.feedback_ttl, config.feedback_cap)
+        self._turns: dict[tuple[str, str, str], Any] = {}  # resolved histogram children
 
     def observe(self, endpoint: str, decision: Decision, rec: RequestRecord, session: str | None,
                 messages: Any, authorization: str | None) -> None:
@@ -35,9 +36,14 @@ class QualitySignals:
         if endpoint in CHAT_ENDPOINTS:
             turns = user_turns(messages)
             if turns:
-                self.metrics.conversation_turns.labels(endpoint, rec.route, rec.arm).observe(turns)
-            conversation = conversation_hash(messages)
-        rec.chat = conversation is not None
+                key = (endpoint, rec.route, rec.arm)
+                histogram = self._turns.get(key)
+                if histogram is None:
+                    histogram = self._turns[key] = self.metrics.conversation_turns.labels(*key)
+                histogram.observe(turns)
+                rec.chat = True
+                # Only a session can regenerate: no session, no hash to compute.
+                conversation = conversation_hash(messages) if session else None
         if session:
             kind = self.tracker.observe(session, rec.route, rec.arm, conversation, failed)
             if kind == REGENERATION:
