@@ -24,6 +24,7 @@ import requests
 from proxy.commands.demo import stack_options
 from proxy.commands.stack import ROUTE, LocalStack
 from proxy.commands.traffic import TrafficDriver
+from proxy import metrics as pm
 from proxy.monitoring import REQUESTS_RATE
 from tests.binaries import alertmanager_binary, require_binary
 from tests.conftest import wait_for
@@ -59,6 +60,15 @@ def both_arms_seen(prometheus: str) -> bool:
     return bool(result) and float(result[0]["value"][1]) == 2
 
 
+def sessions_expired_on_both_arms(prometheus: str) -> bool:
+    """The session flow's panels need sessions that ended: the traffic's visitors ask once
+    and leave, and expire after the stack's short session window."""
+    expr = (f'count(sum by (arm) (rate({pm.SESSION_DURATION.name}_count{{route="{ROUTE}"}}[1m])) > 0)')
+    r = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+    result = r.json()["data"]["result"]
+    return bool(result) and float(result[0]["value"][1]) == 2
+
+
 def test_every_panel_shows_something_during_the_demo(tmp_path):
     require_binary("prometheus")
     alertmanager_binary()
@@ -68,6 +78,7 @@ def test_every_panel_shows_something_during_the_demo(tmp_path):
         traffic = TrafficDriver(stack.url("proxy"), ROUTE, workers=6, sessions=60, pause=0.02).start()
         try:
             wait_for(lambda: both_arms_seen(prometheus), 30, "Prometheus to see traffic on both arms")
+            wait_for(lambda: sessions_expired_on_both_arms(prometheus), 30, "sessions to end on both arms")
             time.sleep(2.0)  # healthy traffic on both arms, scraped
             fault = time.time()
             stack.break_canary(error_rate=0.6)

@@ -88,7 +88,7 @@ class TrafficDriver:
         while not self._stop.is_set():
             # One request in ten is a visitor who asks one question and leaves: sessions end
             # (and expire) all the time, as on a real chat product.
-            session = f"visitor-{worker}-{n}" if n % 10 == 9 else f"user-{i % self.sessions}"
+            session = f"visitor-{worker}-{n}" if n % 10 == 0 else f"user-{i % self.sessions}"
             n += 1
             i += self.workers
             outcome = self.one(http, session)
