@@ -157,7 +157,8 @@ class Forwarder:
             decision = self.routes.decide(requested, key, request_id)
             rec.route, rec.arm = decision.route, decision.arm
             rec.model, rec.model_admitted = self.recorder.model_label(decision.model, decision.route != NO_ROUTE)
-            choice = await self._choose(decision.model, key, embedding=not endpoint.generates)
+            choice = self.fleet.choose(decision.model, key, not endpoint.generates) \
+                or await self._choose(decision.model, key, embedding=not endpoint.generates)
 
             stream = body.get("stream", endpoint.stream_default) is not False
             strip_usage = False
@@ -224,10 +225,10 @@ class Forwarder:
             response.headers["X-Sidecar-Upstream"] = header_value(d.server)
 
     async def _choose(self, model: str, session: str | None, embedding: bool) -> Choice:
-        """The servers for ``model``, best first. A model no cached list has gets one fresh
-        look at every server first; installed nowhere, it is Ollama's own 404."""
-        choice = self.fleet.choose(model, session, embedding)
-        if choice is None and self.upstream.session is not None:
+        """For a model no cached list has: one fresh look at every server first; installed
+        nowhere, it is Ollama's own 404."""
+        choice = None
+        if self.upstream.session is not None:
             await self.fleet.refresh_models(self.upstream.session)
             choice = self.fleet.choose(model, session, embedding)
         if choice is None:

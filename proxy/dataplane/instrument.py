@@ -60,6 +60,29 @@ class RequestRecord:
     regenerated: bool = False  # the same turn asked again after a successful answer
 
 
+class BaseChildren:
+    """The labelled children of one (endpoint, route, arm, model), resolved once: each
+    ``labels()`` call takes prometheus_client's lock and builds a key, and a request made
+    seven of them. None of these series is ever removed, and their label values are bounded
+    (endpoints, routes, arms, the model label cap), so neither is this cache."""
+
+    __slots__ = ("duration", "load", "prompt_eval", "eval", "ttft", "tpot", "load_waits")
+
+    def __init__(self, m: ProxyMetrics, base: tuple[str, str, str, str]) -> None:
+        # Only the series the endpoint can have: no upstream timings for passthrough, no
+        # first token for embeddings (a series at 0 would say something happened).
+        endpoint = ENDPOINTS.get(base[0])
+        self.duration = m.request_duration.labels(*base)
+        if endpoint is not None:
+            self.load = m.load_duration.labels(*base)
+            self.prompt_eval = m.prompt_eval_duration.labels(*base)
+            self.eval = m.eval_duration.labels(*base)
+        if endpoint is not None and endpoint.generates:
+            self.ttft = m.ttft.labels(*base)
+            self.tpot = m.tpot.labels(*base)
+            self.load_waits = m.model_load_waits.labels(*base[1:])
+
+
 class Recorder:
     def __init__(self, metrics: ProxyMetrics, config: ProxyConfig,
                  clock: Callable[[], float] = time.monotonic, session_key: bytes | None = None) -> None:
@@ -73,6 +96,8 @@ class Recorder:
         self.access_log = config.access_log
         self.load_wait = config.decisions.load_wait
         self._upstream_tokens: dict[tuple[str, str, str], Any] = {}  # resolved children (models are bounded)
+        self._route_children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[str, str, str, str], BaseChildren] = {}
         # Whether a server lists the model as installed (the fleet's discovery); set by the app.
         self.installed: Callable[[str], bool] = lambda model: False
         self._direct_models: set[str] = set()
@@ -143,8 +168,15 @@ class Recorder:
         self._request_series[session].add(labels)
         m.requests.labels(*labels).inc()
         if rec.endpoint in ENDPOINTS:
-            m.route_requests.labels(rec.route, rec.arm, rec.model, rec.upstream, rec.error_type).inc()
-        m.request_duration.labels(*base).observe(rec.duration)
+            key = (rec.route, rec.arm, rec.model, rec.upstream, rec.error_type)
+            counter = self._route_children.get(key)
+            if counter is None:
+                counter = self._route_children[key] = m.route_requests.labels(*key)
+            counter.inc()
+        children = self._children.get(base)
+        if children is None:
+            children = self._children[base] = BaseChildren(m, base)
+        children.duration.observe(rec.duration)
         stats = rec.stats
         if stats is not None:
             for kind, count in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens)):
@@ -157,26 +189,25 @@ class Recorder:
                     if per_server is None:
                         per_server = self._upstream_tokens[key] = m.upstream_tokens.labels(*key)
                     per_server.inc(count)
-            for hist, value in ((m.load_duration, stats.load_duration),
-                                (m.prompt_eval_duration, stats.prompt_eval_duration),
-                                (m.eval_duration, stats.eval_duration)):
+            for hist, value in ((children.load, stats.load_duration),
+                                (children.prompt_eval, stats.prompt_eval_duration),
+                                (children.eval, stats.eval_duration)):
                 if value is not None:
-                    hist.labels(*base).observe(value)
+                    hist.observe(value)
             if ENDPOINTS[rec.endpoint].generates:
-                self._timings(rec, base, stats)
+                self._timings(rec, children, stats)
             if self.access_log:
                 self._log(rec)
 
-    def _timings(self, rec: RequestRecord, base: tuple[str, ...], stats: ReplyStats) -> None:
+    def _timings(self, rec: RequestRecord, children: "BaseChildren", stats: ReplyStats) -> None:
         """Time to first token of successful requests that did not wait for a model load,
         so that the latency decisions compare like with like: a failed request's "first
         token" may be an error, and a cold load measures Ollama's scheduler, not the model.
         The loads are counted apart. (OpenAI-compatible replies carry no load_duration:
         their loads cannot be told apart and stay in.)"""
-        m = self.metrics
         if stats.load_duration is not None and stats.load_duration >= self.load_wait:
             rec.load_wait = True
-            m.model_load_waits.labels(*base[1:]).inc()
+            children.load_waits.inc()
         elif rec.error_type != ErrorType.NONE:
             pass
         elif stats.first_content_at is not None:
@@ -185,12 +216,12 @@ class Recorder:
             # Non-stream reply: the upstream's own account of time before the first token.
             rec.ttft = (stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0)
         if rec.ttft is not None:
-            m.ttft.labels(*base).observe(rec.ttft)
+            children.ttft.observe(rec.ttft)
         n = stats.completion_tokens
         if stats.eval_duration is not None and n:
-            m.tpot.labels(*base).observe(stats.eval_duration / n)
+            children.tpot.observe(stats.eval_duration / n)
         elif n and n > 1 and stats.first_content_at is not None and stats.last_content_at is not None:
-            m.tpot.labels(*base).observe((stats.last_content_at - stats.first_content_at) / (n - 1))
+            children.tpot.observe((stats.last_content_at - stats.first_content_at) / (n - 1))
 
     def _log(self, rec: RequestRecord) -> None:
         """One JSON line per instrumented request: label values and numbers, never a prompt
