@@ -33,7 +33,8 @@ import yaml
 from proxy.common.listen import parse_listen
 from proxy.config_spec import ConfigError, Inputs, Section, Setting, check_keys, mapping
 from proxy.decision_settings import (DEFAULT_DECISIONS, DESCRIPTIONS, DURATIONS, LIMITS, DecisionSettings,
-                                     DecisionSettingsError, SequentialSettings, check_ttft_slo, parse_decisions)
+                                     DecisionSettingsError, SequentialSettings, check_ttft_slo, not_a_bucket_bound,
+                                     parse_decisions)
 from proxy.metrics import TIME_TO_FIRST_TOKEN
 
 __all__ = ["ADMIN_TOKEN_ENV", "DEFAULT_LISTEN", "DEFAULT_SESSION_SOURCES", "Admission", "BreakerConfig",
@@ -244,18 +245,19 @@ TTFT_CHECK = Section("ttft_over_slo", "Share of successful, warm requests whose 
             maximum=1),
 ), model=RolloutCheck)
 
-REGENERATION_CHECK = Section("regeneration_ratio", "Chat requests that asked for the same turn again (the user did "
-                             "not like the answer), per chat request.", (
-    Setting("max", "number", "Share that rolls the canary back on its own, once exceeded with significance.",
-            minimum=0, maximum=1, nullable=True),
-    Setting("max_over_stable", "number", "Non-inferiority margin, for the last move.", minimum=1e-6, maximum=1),
-), model=RolloutCheck)
+def _share_check(name: str, doc: str) -> Section:
+    """A rollout check on a share (quality signals): an absolute limit and a margin."""
+    return Section(name, doc, (
+        Setting("max", "number", "Share that rolls the canary back on its own, once exceeded with significance.",
+                minimum=0, maximum=1, nullable=True),
+        Setting("max_over_stable", "number", "Non-inferiority margin, for the last move.", minimum=1e-6, maximum=1),
+    ), model=RolloutCheck)
 
-NEGATIVE_FEEDBACK_CHECK = Section("negative_feedback", "Negative ratings (/api/feedback, /v1/feedback) per rating.", (
-    Setting("max", "number", "Share that rolls the canary back on its own, once exceeded with significance.",
-            minimum=0, maximum=1, nullable=True),
-    Setting("max_over_stable", "number", "Non-inferiority margin, for the last move.", minimum=1e-6, maximum=1),
-), model=RolloutCheck)
+
+REGENERATION_CHECK = _share_check("regeneration_ratio", "Chat requests that asked for the same turn again (the user "
+                                  "did not like the answer), per chat request.")
+NEGATIVE_FEEDBACK_CHECK = _share_check("negative_feedback", "Negative ratings (/api/feedback, /v1/feedback) per "
+                                       "rating.")
 
 CHECKS = Section("checks", "What each step is judged on; without `checks`, the failure ratio with its defaults.", (
     Setting("failure_ratio", "section", "", section=FAILURE_CHECK),
@@ -559,10 +561,9 @@ def _parse_rollout(value: Any, key: str, inputs: Inputs, decisions: DecisionSett
     if "ttft_over_slo" in checks:
         fields = TTFT_CHECK.read(checks["ttft_over_slo"], f"{key}.checks.ttft_over_slo", inputs)
         ttft = RolloutCheck(**{"slo": decisions.ttft_slo, "max_over_stable": decisions.ttft_margin, **fields})
-        if ttft.slo not in TIME_TO_FIRST_TOKEN.buckets:
-            bounds = " ".join(f"{b:g}" for b in TIME_TO_FIRST_TOKEN.buckets)
-            raise ConfigError(f"{key}.checks.ttft_over_slo.slo", f"{ttft.slo:g}s is not a bucket bound of the time "
-                                                                 f"to first token histogram: use one of {bounds}")
+        problem = not_a_bucket_bound(ttft.slo or 0.0, TIME_TO_FIRST_TOKEN.buckets)
+        if problem:
+            raise ConfigError(f"{key}.checks.ttft_over_slo.slo", problem)
     quality = {}
     for name, section in (("regeneration_ratio", REGENERATION_CHECK), ("negative_feedback", NEGATIVE_FEEDBACK_CHECK)):
         if name in checks:

@@ -177,9 +177,15 @@ def _number(key: str, raw: Any, integer: bool = False) -> float | int:
     return int(raw) if integer else float(raw)
 
 
+def not_a_bucket_bound(slo: float, buckets: tuple[float, ...]) -> str | None:
+    """Why ``slo`` cannot be a TTFT SLO (the share over it is read from one bucket), or None."""
+    if slo in buckets:
+        return None
+    bounds = " ".join(f"{b:g}" for b in buckets)
+    return f"{slo:g} is not a bucket bound of the time to first token histogram: use one of {bounds}"
+
+
 def check_ttft_slo(settings: DecisionSettings, buckets: tuple[float, ...]) -> None:
-    """The TTFT SLO must be a bucket bound: the share over it is read from one bucket."""
-    if settings.ttft_slo not in buckets:
-        bounds = " ".join(f"{b:g}" for b in buckets)
-        raise DecisionSettingsError("ttft_slo", f"{settings.ttft_slo:g} is not a bucket bound of the time to "
-                                                f"first token histogram: use one of {bounds}")
+    problem = not_a_bucket_bound(settings.ttft_slo, buckets)
+    if problem:
+        raise DecisionSettingsError("ttft_slo", problem)

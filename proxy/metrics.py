@@ -388,6 +388,9 @@ ERROR_TYPES = tuple(e.value for e in ErrorType)
 SERVER_SIDE_ERRORS = frozenset({ErrorType.UPSTREAM_5XX, ErrorType.TIMEOUT, ErrorType.CONNECT,
                                 ErrorType.STREAM_INTERRUPTED, ErrorType.UPSTREAM_INVALID})
 """Server-side failures: what the breaker and the canary alerts count against an arm."""
+NOT_EVIDENCE = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED})
+"""Requests that say nothing about the model (the client's own mistakes and hang-ups): the
+breaker, the auto-resume probe and the rollouts leave them out of their counts."""
 ARM_FAILURES = frozenset(SERVER_SIDE_ERRORS | {ErrorType.MODEL_NOT_FOUND})
 """What counts against a routed arm in a decision (breaker, report): the server-side errors,
 and a 404, since the arm's model is missing and every user of that arm fails."""

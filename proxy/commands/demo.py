@@ -39,7 +39,6 @@ import requests
 from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
 from proxy.commands.traffic import TrafficDriver
 
-
 SCENARIOS = ("rollout", "rollout-ok", "rollback", "failover", "quality")
 # Short steps so the whole ramp fits in a minute; min_requests keeps each step honest.
 DEMO_ROLLOUT = {"steps": [5, 20, 50], "interval": 4, "min_requests": 10, "stall_after": 600,
@@ -66,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _announce_alerts(stack: LocalStack, t: float, seen: set[str]) -> list[str]:
+    """The alerts firing now; a line for each one that was not firing before."""
+    alerts = stack.firing_alerts()
+    for name in sorted(set(alerts) - seen):
+        _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
+    seen |= set(alerts)
+    return alerts
 
 
 def _arm_stats(outcomes: list[Any], arm: str, span: float) -> str:
@@ -205,10 +213,7 @@ def _timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.Namespac
             _say(f"  {t:4.0f}s >>> the canary breaks: {args.error_rate:.0%} of its requests now fail with HTTP 500")
         recent = traffic.snapshot(since=now - 2.0)
         state = stack.route_state()
-        alerts = stack.firing_alerts()
-        for name in sorted(set(alerts) - seen_alerts):
-            _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
-        seen_alerts |= set(alerts)
+        alerts = _announce_alerts(stack, t, seen_alerts)
         status = f"ROLLED BACK ({state['reason']})" if state["rolled_back"] else "split"
         _say(f"  {t:4.0f}s  {_arm_stats(recent, 'stable', 2.0)}  {_arm_stats(recent, 'canary', 2.0)}  "
              f"{state['effective_weight']:5.0f}%  {', '.join(alerts) or '-':<32} {status}")
@@ -241,10 +246,7 @@ def _rollout_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.
             broke_at = now
             _say(f"  {t:4.0f}s >>> at {doc['weight']:g}% the canary breaks: {args.error_rate:.0%} of its requests now "
                  "fail with HTTP 500")
-        alerts = stack.firing_alerts()
-        for name in sorted(set(alerts) - seen_alerts):
-            _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
-        seen_alerts |= set(alerts)
+        alerts = _announce_alerts(stack, t, seen_alerts)
         recent = traffic.snapshot(since=now - 2.0)
         phase = f"{doc['phase']} {doc.get('step', 0)}/{doc.get('steps', 0)}"
         _say(f"  {t:4.0f}s  {_arm_stats(recent, 'stable', 2.0)}  {_arm_stats(recent, 'canary', 2.0)}  "
@@ -287,10 +289,7 @@ def _quality_timeline(stack: LocalStack, traffic: TrafficDriver, args: argparse.
                  for arm in ("stable", "canary")}
         recent = traffic.snapshot(since=now - 2.0)
         state = stack.route_state()
-        alerts = stack.firing_alerts()
-        for name in sorted(set(alerts) - seen_alerts):
-            _say(f"  {t:4.0f}s >>> Prometheus: alert {name} is firing")
-        seen_alerts |= set(alerts)
+        alerts = _announce_alerts(stack, t, seen_alerts)
         status = f"ROLLED BACK ({state['reason']})" if state["rolled_back"] else "split"
         _say(f"  {t:4.0f}s  {_arm_stats(recent, 'stable', 2.0)}  {_arm_stats(recent, 'canary', 2.0)}  "
              f"{regen.get('stable', 0):7.0%} {regen.get('canary', 0):7.0%}  {state['effective_weight']:5.0f}%  "
@@ -320,6 +319,7 @@ def _server_stats(outcomes: list[Any], server: str, span: float) -> str:
 
 def _upstreams_up(stack: LocalStack) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
+
     from proxy.metrics import UPSTREAM_UP
     try:
         text = requests.get(f"{stack.url('proxy')}/metrics", timeout=2).text

@@ -11,8 +11,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from proxy.commands.ctl import EXIT_OK, UsageError, _call, usage_errors_exit_2
+from proxy.commands.ctl import EXIT_OK, UsageError, _call
 from proxy.commands.ctl import add_arguments as add_common_arguments
+from proxy.commands.ctl import usage_errors_exit_2
 
 ACTIONS = ("start", "status", "pause", "resume", "promote", "abort")
 

@@ -60,8 +60,6 @@ class TrafficDriver:
         self.conversations: dict[str, Conversation] = {}
         self._quality: dict[str, float] = {}
         self._quality_read = 0.0
-        self.ratings = {"positive": 0, "negative": 0}
-        self.regenerations = 0
         # per arm: [answers judged, regenerated, rated down]
         self.judged: dict[str, list[int]] = {"stable": [0, 0, 0], "canary": [0, 0, 0]}
         self.outcomes: list[Outcome] = []
@@ -131,12 +129,9 @@ class TrafficDriver:
                 rating = "positive" if self.rng.random() < 0.1 else None
             elif self.rng.random() < 0.6:
                 conv.pending = sent  # the same turn again
-                self.regenerations += 1
             else:
                 conv.messages, conv.pending = sent + [{"role": "assistant", "content": answer}], None
                 rating = "negative"
-            if rating:
-                self.ratings[rating] += 1
             tally = self.judged.setdefault(arm, [0, 0, 0])
             tally[0] += 1
             tally[1] += conv.pending is not None

@@ -18,12 +18,10 @@ from typing import Callable
 
 from proxy.control.decisions import CanarySPRT, RecentRequests
 from proxy.control.routing import Decision, RouteState, RouteTable
-from proxy.metrics import ARM_FAILURES, Arm, ErrorType, ProxyMetrics
+from proxy.metrics import ARM_FAILURES, NOT_EVIDENCE, Arm, ErrorType, ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.breaker")
 
-# Outcomes that say nothing about the model's health: left out of both counts.
-NOT_COUNTED = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED})
 LIVE_WINDOW = 60.0
 
 
@@ -87,7 +85,7 @@ class Breakers:
         return test
 
     def observe(self, decision: Decision, error_type: ErrorType) -> None:
-        if error_type in NOT_COUNTED or decision.arm == Arm.DIRECT:
+        if error_type in NOT_EVIDENCE or decision.arm == Arm.DIRECT:
             return
         state = self.routes.routes.get(decision.route)
         if state is not None and state.rolled_back:

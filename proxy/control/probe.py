@@ -26,12 +26,9 @@ from typing import Callable
 from proxy.control import decisions
 from proxy.control.routing import Decision, RouteTable
 from proxy.decision_settings import DecisionSettings
-from proxy.metrics import ARM_FAILURES, Arm, ErrorType
+from proxy.metrics import ARM_FAILURES, NOT_EVIDENCE, Arm, ErrorType
 
 log = logging.getLogger("ollama_sidecar.control")
-
-# Requests that say nothing about the model: the client's own mistakes and hang-ups.
-NOT_COUNTED = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED})
 
 
 @dataclass
@@ -80,7 +77,7 @@ class Probes:
         self.counts: dict[str, ArmCounts] = {}
 
     def observe(self, decision: Decision, error_type: ErrorType) -> None:
-        if decision.arm == Arm.DIRECT or error_type in NOT_COUNTED:
+        if decision.arm == Arm.DIRECT or error_type in NOT_EVIDENCE:
             return
         state = self.routes.routes.get(decision.route)
         if state is None or state.probe_weight_after is None or state.rolled_back:

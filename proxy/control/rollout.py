@@ -36,11 +36,10 @@ from proxy.control.rollout_state import ACTIVE_PHASES, Evidence, Phase, Rollout,
 from proxy.control.routing import Decision
 from proxy.dataplane.instrument import RequestRecord
 from proxy.decision_settings import DecisionSettings
-from proxy.metrics import ARM_FAILURES, Arm, ErrorType, ProxyMetrics
+from proxy.metrics import ARM_FAILURES, NOT_EVIDENCE, Arm, ProxyMetrics
 
 log = logging.getLogger("ollama_sidecar.rollout")
 
-NOT_COUNTED = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED})
 SAVE_EVERY = 30.0  # seconds between two saves of the evidence (phase and step changes save at once)
 PROMETHEUS_EVERY = 5.0  # seconds between two reads of Prometheus for a rollout that analyses on it
 
@@ -97,7 +96,7 @@ class Rollouts:
     # --- the request path: counting only ---------------------------------------------------------
     def observe(self, decision: Decision, rec: RequestRecord) -> None:
         rollout = self.plane.rollouts.get(decision.route)
-        if rollout is None or not rollout.active or rec.error_type in NOT_COUNTED or decision.arm == Arm.DIRECT:
+        if rollout is None or not rollout.active or rec.error_type in NOT_EVIDENCE or decision.arm == Arm.DIRECT:
             return
         pending = self.pending.get(decision.route)
         if pending is None:
@@ -454,12 +453,8 @@ class Rollouts:
         body = {"text": text, "event": event, "route": rollout.route, "canary": rollout.canary,
                 "phase": str(rollout.phase), "step": rollout.step + 1, "steps": len(rollout.plan),
                 "weight": rollout.weight, "reason": rollout.reason, "at": self.clock()}
-        log.info("rollout %s", _json(body))
+        log.info("rollout %s", json.dumps(body, sort_keys=True))
         self.notify(body)
-
-
-def _json(body: dict[str, Any]) -> str:
-    return json.dumps(body, sort_keys=True)
 
 
 __all__ = ["ACTIVE_PHASES", "PAUSE", "Rollouts", "rollout_config"]

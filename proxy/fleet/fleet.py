@@ -19,6 +19,7 @@ from typing import Any, Callable
 import aiohttp
 
 from proxy.config import DEFAULT_SERVER, ProxyConfig
+from proxy.dataplane.instrument import canonical_model
 from proxy.fleet.balancer import COLD, REASONS, Choice, choose
 from proxy.fleet.servers import Loaded, Server
 from proxy.metrics import ProxyMetrics, remove_series
@@ -28,11 +29,6 @@ log = logging.getLogger("ollama_sidecar.fleet")
 # ollama_proxy_upstream_requests_total{outcome} and ollama_proxy_upstream_retries_total{reason}
 OK, ERROR, CONNECT = "ok", "error", "connect"
 RETRY_CONNECT, RETRY_TIMEOUT, RETRY_BUSY, RETRY_SERVER_ERROR = "connect", "timeout", "busy", "server_error"
-
-
-def canonical(name: str) -> str:
-    """``llama3.2`` is ``llama3.2:latest``, as Ollama lists it."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 class Fleet:
@@ -94,23 +90,23 @@ class Fleet:
     def eligible(self, model: str) -> list[Server]:
         """Servers that may serve ``model``: its pinned ones, else those that list it (a
         server never listed yet counts as having it: better a 404 from Ollama than none)."""
-        pins = self.config.model_pins.get(model) or self.config.model_pins.get(canonical(model))
+        pins = self.config.model_pins.get(model) or self.config.model_pins.get(canonical_model(model))
         if pins:
             return [self.servers[n] for n in pins if n in self.servers]
-        name = canonical(model)
+        name = canonical_model(model)
         return [s for s in self.servers.values() if not s.config.dedicated
                 and (s.installed is None or name in s.installed)]
 
     def choose(self, model: str, session: str | None, embedding: bool) -> Choice | None:
         if self._only is not None:  # plain `upstream:`: nothing to choose, nothing to count
             return self._only
-        choice = choose(self.eligible(model), canonical(model), session, embedding)
+        choice = choose(self.eligible(model), canonical_model(model), session, embedding)
         if choice is not None:
             self._decisions[choice.reason].inc()
         return choice
 
     def installed_anywhere(self, model: str) -> bool:
-        name = canonical(model)
+        name = canonical_model(model)
         return any(s.installed is not None and name in s.installed for s in self.servers.values())
 
     def acquire(self, server: Server, model: str) -> None:
@@ -140,7 +136,7 @@ class Fleet:
         self.metrics.balancer_decisions.labels("failover").inc()
 
     def cold_load(self, server: Server, model: str) -> None:
-        self.metrics.cold_loads.labels(server.name, canonical(model)).inc()  # rare: no cache
+        self.metrics.cold_loads.labels(server.name, canonical_model(model)).inc()  # rare: no cache
 
     # --- background: discovery and health -----------------------------------------------------------
     async def run(self, session: Callable[[], aiohttp.ClientSession | None],
@@ -196,14 +192,14 @@ class Fleet:
             log.debug("discovery of %s failed: %s", server.name, exc)
             return
         installed = {m.get("name") or m.get("model") for m in (tags.get("models") or []) if isinstance(m, dict)}
-        server.installed = frozenset(canonical(n) for n in installed if isinstance(n, str))
+        server.installed = frozenset(canonical_model(n) for n in installed if isinstance(n, str))
         for model in server.installed:
             self.metrics.cold_loads.labels(server.name, model)  # at 0 until the first cold load
         loaded = {}
         for m in ps.get("models") or []:
             if isinstance(m, dict) and isinstance(m.get("name") or m.get("model"), str):
                 size = m.get("size_vram")
-                loaded[canonical(m.get("name") or m.get("model"))] = Loaded(
+                loaded[canonical_model(m.get("name") or m.get("model"))] = Loaded(
                     size if isinstance(size, int) else 0, str(m.get("expires_at", "")))
         for gone in server.loaded.keys() - loaded.keys():
             remove_series(self.metrics.upstream_model_loaded, server.name, gone)
