@@ -26,10 +26,11 @@ from proxy.common.bearer import token_matches
 from proxy.common.jsonutil import parse_json
 from proxy.common.listen import parse_listen
 from proxy.config import ProxyConfig
-from proxy.control.admin import (BREAKERS, CONTROL, RELOAD, ROLLOUTS, UPSTREAM_SESSION, add_admin_routes,
-                                 make_auth_middleware)
+from proxy.control.admin import (BREAKERS, CHANGES, CONTROL, RELOAD, ROLLOUTS, STATE_VIEW, UPSTREAM_SESSION,
+                                 add_admin_routes, make_auth_middleware)
 from proxy.control.alertmanager import Reconciler
 from proxy.control.breaker import Breakers
+from proxy.control.changes import Changes, LocalChanges
 from proxy.control.notify import Notifier
 from proxy.control.plane import ControlPlane
 from proxy.control.probe import Probes
@@ -45,9 +46,10 @@ from proxy.dataplane.http_log import install_malformed_request_filter
 from proxy.dataplane.instrument import Recorder, RequestRecord
 from proxy.dataplane.label_values import CleanedRegistry
 from proxy.fleet.fleet import Fleet
-from proxy.metrics import ErrorType, ProxyMetrics
-from proxy.quality.feedback import FeedbackError, key_hash
+from proxy.metrics import ARM_FAILURES, NOT_EVIDENCE, Arm, ErrorType, ProxyMetrics
+from proxy.quality.feedback import REQUEST_ID, FeedbackError, key_hash
 from proxy.quality.signals import QualitySignals
+from proxy.replicas.replica import Replica
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -82,20 +84,46 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     recorder = Recorder(metrics, config, session_key=session_label_key(config))
     routes = RouteTable(config)
     control = ControlPlane(config, routes, metrics)
-    breakers = Breakers(routes, metrics, trip=lambda route: control.rollback(route, "breaker"))
-    probes = Probes(routes, lambda: forwarder.config.decisions, finish=control.end_probe)
     notifier = Notifier(metrics, lambda: forwarder.config.notify_url, lambda: forwarder.config.notify_timeout)
     rollouts = Rollouts(control, metrics, lambda: forwarder.config.decisions, notify=notifier.send)
+    replica = Replica(config.shared_state, control, metrics, rollouts) if config.shared_state else None
+    changes: Changes = replica if replica is not None else LocalChanges()
+    breakers = Breakers(routes, metrics, trip=lambda route: changes.decide(
+        [route], lambda: control.rollback(route, "breaker")))
+    probes = Probes(routes, lambda: forwarder.config.decisions, finish=lambda route, passed, why: changes.decide(
+        [route], lambda: control.end_probe(route, passed, why)))
 
-    def on_result(decision: Decision, rec: RequestRecord) -> None:
-        breakers.observe(decision, rec.error_type)
-        probes.observe(decision, rec.error_type)
-        rollouts.observe(decision, rec)
+    if replica is None:
+        metrics.state_backend_up.set(1)
+        metrics.replica_leader.set(1)
+
+        def on_result(decision: Decision, rec: RequestRecord) -> None:
+            breakers.observe(decision, rec.error_type)
+            probes.observe(decision, rec.error_type)
+            rollouts.observe(decision, rec)
+    else:
+        # Several replicas: the request path only tallies; the breaker and the probe decide on
+        # every replica's tallies, summed in Redis (proxy.replicas.counts).
+        outcomes = replica.outcomes
+        rollouts.shared_totals = {}
+        rollouts.save_every = 5.0
+
+        def on_result(decision: Decision, rec: RequestRecord) -> None:
+            if decision.arm != Arm.DIRECT and rec.error_type not in NOT_EVIDENCE:
+                outcomes.add(decision.route, decision.arm == Arm.CANARY, rec.error_type in ARM_FAILURES)
+            rollouts.observe(decision, rec)
+
+        def feed(route: str, tally: tuple[int, int, int, int]) -> None:
+            breakers.observe_counts(route, *tally)
+            probes.observe_counts(route, *tally)
+        replica.feed_breakers = feed
 
     fleet = Fleet(config, metrics)
     recorder.installed = fleet.installed_anywhere
     quality = QualitySignals(config, metrics)
     quality.feedback.on_rating = rollouts.rated
+    if replica is not None:
+        quality.feedback.outbox = replica.served
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
                           fleet, on_result=on_result, quality=quality)
 
@@ -103,6 +131,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         forwarder.update_config(new)
         fleet.update_config(new)
         control.apply_config(new, old)
+        if replica is not None:
+            asyncio.get_running_loop().create_task(replica.adopt_config())
 
     def record_reload(ok: bool, error: str | None) -> None:
         metrics.config_reloads.labels("success" if ok else "failure").inc()
@@ -122,6 +152,9 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     app[BREAKERS] = breakers
     app[ROLLOUTS] = rollouts
     app[UPSTREAM_SESSION] = lambda: forwarder.session
+    app[CHANGES] = changes
+    app[STATE_VIEW] = replica.describe if replica is not None else (
+        lambda: {"backend": "file" if config.state_file else "memory", "path": config.state_file, "up": True})
     app[RELOAD] = reloader.reload if reloader else (lambda: (False, "no config file to reload (start with --config)"))
 
     async def lifecycle(app: web.Application):
@@ -133,7 +166,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload)
         if config.alertmanager_url:
             reconciler = Reconciler(control, metrics, config.alertmanager_url, config.reconcile_interval,
-                                    config.reconcile_grace)
+                                    config.reconcile_grace, changes=changes)
             assert forwarder.session is not None
             tasks.append(asyncio.create_task(reconciler.run(forwarder.session)))
         notifier.session = forwarder.session
@@ -141,7 +174,9 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         tasks.append(asyncio.create_task(run_fleet(fleet, lambda: forwarder.session)))
         tasks.append(asyncio.create_task(sweep_sessions(quality)))
         tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
-                                                      lambda: forwarder.session)))
+                                                      lambda: forwarder.session, replica)))
+        if replica is not None:
+            tasks.append(asyncio.create_task(replica.run()))
         yield
         for task in tasks:
             task.cancel()
@@ -150,13 +185,19 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
                 await task
         for task in list(notifier.tasks):
             task.cancel()
-        control.save()  # the rollouts' latest evidence
+        if replica is not None:
+            if replica.leader:
+                with contextlib.suppress(Exception):
+                    await replica.transact(list(control.rollouts), control.save)  # the latest evidence
+            await replica.close()
+        else:
+            control.save()  # the rollouts' latest evidence
         await forwarder.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/metrics", make_metrics_handler(metrics.registry))
     app.router.add_post("/admin/session-label", session_label_handler)
-    feedback = make_feedback_handler(forwarder, quality)
+    feedback = make_feedback_handler(forwarder, quality, replica)
     app.router.add_post("/api/feedback", feedback)
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/healthz", healthz)
@@ -174,9 +215,12 @@ async def sweep_sessions(quality: QualitySignals) -> None:
         quality.tracker.sweep()
 
 
-def make_feedback_handler(forwarder: Forwarder, quality: QualitySignals) -> Callable[[web.Request], Awaitable[web.Response]]:
+def make_feedback_handler(forwarder: Forwarder, quality: QualitySignals, replica: Replica | None = None
+                          ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """``POST /api/feedback`` and ``/v1/feedback``: a rating for an answer, by its
-    X-Request-ID. Data-plane auth applies; errors speak the client's protocol."""
+    X-Request-ID. Data-plane auth applies; errors speak the client's protocol. With
+    several replicas the answer may have come from another one: Redis says who served it
+    and how it was rated so far."""
     async def feedback(request: web.Request) -> web.Response:
         path = request.path
         try:
@@ -187,10 +231,17 @@ def make_feedback_handler(forwarder: Forwarder, quality: QualitySignals) -> Call
                 body = parse_json(await request.read())
             except ValueError as exc:
                 raise ProxyError(400, ErrorType.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+            store = quality.feedback
+            request_id = body.get("request_id") if isinstance(body, dict) else None
+            if replica is not None and isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id):
+                served, rating = await replica.lookup_served(request_id, wait=request_id not in store.served)
+                store.adopt(request_id, served, rating)
             try:
-                result = quality.feedback.rate(body, key_hash(request.headers.get("Authorization")))
+                result = store.rate(body, key_hash(request.headers.get("Authorization")))
             except FeedbackError as exc:
                 raise ProxyError(exc.status, ErrorType.BAD_REQUEST, exc.message) from None
+            if replica is not None:
+                await replica.record_rating(result["request_id"], result["rating"])
         except ProxyError as err:
             return error_response(path, err)
         return web.json_response(result)
@@ -209,16 +260,20 @@ async def run_fleet(fleet: Fleet, session: Callable[[], aiohttp.ClientSession | 
 
 
 async def run_rollouts(rollouts: Rollouts, interval: Callable[[], float],
-                       session: Callable[[], aiohttp.ClientSession | None]) -> None:
+                       session: Callable[[], aiohttp.ClientSession | None], replica: Replica | None = None) -> None:
     """The rollouts' analysis, every ``rollout_tick``: off the request path, and a bug in
-    it is logged, never fatal (the request path goes on; the next tick tries again)."""
+    it is logged, never fatal (the request path goes on; the next tick tries again). With
+    several replicas only the lease holder analyses, on every replica's counts."""
     while True:
         await asyncio.sleep(interval())
         try:
             http = session()
-            if http is not None:
+            if http is not None and (replica is None or replica.leader):
                 await rollouts.refresh(http)
-            rollouts.tick()
+            if replica is not None:
+                await replica.tick_rollouts()
+            else:
+                rollouts.tick()
         except Exception:
             log.exception("rollout analysis failed; retrying at the next tick")
 

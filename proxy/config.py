@@ -46,6 +46,7 @@ DEFAULT_SESSION_SOURCES = ("header:X-Session-ID", "header:X-User-ID", "body:user
 ADMIN_TOKEN_ENV = "OLLAMA_SIDECAR_ADMIN_TOKEN"
 SESSION_KEY_ENV = "OLLAMA_SIDECAR_SESSION_KEY"
 METRICS_TOKEN_ENV = "OLLAMA_SIDECAR_METRICS_TOKEN"
+REDIS_PASSWORD_ENV = "OLLAMA_SIDECAR_REDIS_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,20 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class SharedStateConfig:
+    """``state:``: the Redis that replicas share their routing state through (proxy.replicas)."""
+
+    url: str  # redis:// or rediss://, with the password (if any) removed: safe to show
+    password: str | None = field(default=None, repr=False)
+    key_prefix: str = "ollama-sidecar:"
+    journal: str | None = None  # webhook rollbacks made while Redis is down, replayed when it is back
+    import_from: str | None = None  # a state_file imported once, when Redis holds no state yet
+    lease: float = 10.0  # the rollout leader's lease; another replica takes over within it
+    sync_interval: float = 0.5  # counts and request ids flushed; a full read every 10 of these
+    connect_timeout: float = 1.0
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     listen: str = DEFAULT_LISTEN
     upstream: str = "http://127.0.0.1:11434"
@@ -171,6 +186,7 @@ class ProxyConfig:
     feedback_cap: int = 100_000
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     state_file: str | None = None
+    shared_state: SharedStateConfig | None = None  # `state:` (Redis); None: state_file or memory only
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
     session_label_cap: int = 200
     session_label_ttl: float = 900.0
@@ -373,6 +389,25 @@ DECISIONS = Section("decisions", "The statistical settings of every automatic de
                     tuple(_decision_setting(n, getattr(DEFAULT_DECISIONS, n)) for n in LIMITS if "." not in n)
                     + (Setting("sequential", "section", "", section=SEQUENTIAL),), model=DecisionSettings)
 
+STATE = Section("state", "Redis that several proxy replicas share their routing state, rollouts, counts and "
+                "feedback ids through (docs/replicas.md). `state: redis://host:6379/0` is short for "
+                f"`state: {{url: ...}}`. The password comes from the URL, {REDIS_PASSWORD_ENV} or "
+                f"{REDIS_PASSWORD_ENV}_FILE, and is never shown.", (
+    Setting("url", "string", "redis://[:password@]host:port/db, or rediss:// for TLS.",
+            required="the Redis to share state through"),
+    Setting("key_prefix", "string", "Prefix of every key, so several deployments can share one Redis."),
+    Setting("journal", "string", "File where an Alertmanager rollback received while Redis is down is written "
+            "before it is acknowledged; replayed into Redis when it is back. Without one such a webhook is "
+            "applied on this replica and answered 503, so Alertmanager retries.", nullable=True),
+    Setting("import_from", "string", "A state_file imported once, on the first start against a Redis that holds "
+            "no state under key_prefix yet (switching from one replica to several).", nullable=True),
+    Setting("lease", "duration", "The rollout leader's lease: if the leader dies, another replica takes over "
+            "within this.", minimum=1, maximum=600),
+    Setting("sync_interval", "duration", "Time between two flushes of this replica's counts and request ids "
+            "to Redis.", minimum=0.05, maximum=10),
+    Setting("connect_timeout", "duration", "Longest wait for Redis on each call.", minimum=0.05, maximum=30),
+), model=SharedStateConfig)
+
 ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config file (--config). Every key follows "
                "flag > environment > this file > default, except that OLLAMA_HOST ranks below this file's "
                "upstream. A wrong setting stops start-up (or a reload) with a message naming the key.", (
@@ -393,7 +428,9 @@ ROOT = Section("ollama-sidecar proxy configuration", "The proxy's YAML config fi
             "the client (refused, timed out, busy 503, a 5xx before the body).", minimum=0),
     Setting("routes", "map", "Route aliases by name.", section=ROUTE),
     Setting("state_file", "string", "File where rollbacks and changes made through the admin API survive "
-            "restarts.", nullable=True),
+            "restarts (one replica). Several replicas share their state through `state` (Redis) instead; "
+            "setting both is an error.", nullable=True),
+    Setting("state", "url_or_section", "", section=STATE, nullable=True),
     Setting("session_sources", "session_sources", "Where a request's session comes from, first match wins: "
             "`header:NAME` or `body:FIELD`."),
     Setting("session_label_cap", "integer", "Most session label values live at once; beyond, `other`.",
@@ -452,7 +489,7 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
     inputs = Inputs(os.environ if environ is None else environ, flags)
     top = ROOT.read(data, "", inputs)
     plain = {s.name: top[s.name] for s in ROOT.settings
-             if s.kind not in ("section", "map") and s.name in top and s.name != "session_key_file"}
+             if s.kind not in ("section", "map", "url_or_section") and s.name in top and s.name != "session_key_file"}
     metrics = METRICS.read(top.get("metrics"), "metrics", inputs)
     decisions = _parse_decisions(top.get("decisions"), inputs)
     notify = NOTIFY.read(top.get("notify"), "notify", inputs)
@@ -484,6 +521,7 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
         session_key=_secret(inputs, SESSION_KEY_ENV, top.get("session_key_file"), "session_key_file"),
         metrics_token=_secret(inputs, METRICS_TOKEN_ENV, metrics.get("token_file"), "metrics.token_file"),
         metrics_listen=metrics.get("listen"),
+        shared_state=_parse_state(top.get("state"), plain.get("state_file"), inputs),
         config_path=config_path,
     )
     _refuse_self_loops(config, inputs.origins)
@@ -602,6 +640,40 @@ def _secret(inputs: Inputs, env: str, path: str | None, key: str) -> str | None:
     if value is None and path:
         value = _read_secret_file(path, key)
     return value
+
+
+def _parse_state(value: Any, state_file: str | None, inputs: Inputs) -> SharedStateConfig | None:
+    if value is None:
+        return None
+    spec = STATE.read({"url": value} if isinstance(value, str) else value, "state", inputs)
+    if state_file:
+        raise ConfigError("state", "set `state` (Redis, for several replicas) or `state_file` (one replica), "
+                                   "not both; to move a state file into Redis give it as state.import_from")
+    url, password = split_redis_url(spec.pop("url"))
+    password = password or _secret(inputs, REDIS_PASSWORD_ENV, inputs.environ.get(f"{REDIS_PASSWORD_ENV}_FILE"),
+                                   f"{REDIS_PASSWORD_ENV}_FILE")
+    return SharedStateConfig(url=url, password=password, **spec)
+
+
+def split_redis_url(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password): the first is safe to log and show."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError("state.url", f"must start with redis:// or rediss:// (TLS), got {parts.scheme or url!r}://")
+    if not parts.hostname:
+        raise ConfigError("state.url", "has no host (redis://host:6379/0)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("state.url", "has a port that is not a number between 0 and 65535") from None
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError("state.url", f"database must be a number (redis://host:6379/0), got {db!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    user = f"{parts.username}@" if parts.username and parts.password is not None else ""
+    if parts.username and parts.password is None:  # redis://secret@host: the old password-only form
+        return f"{parts.scheme}://{host}:{port or 6379}/{db}", parts.username
+    return f"{parts.scheme}://{user}{host}:{port or 6379}/{db}", parts.password
 
 
 def _parse_auth(value: Any, inputs: Inputs) -> frozenset[str]:

@@ -177,6 +177,9 @@ _KINDS: dict[str, tuple[Callable[[Setting, Any, str], Any], Callable[[Setting], 
     "strings": (lambda s, v, k: _strings(v, k),
                 lambda s: {"type": "array", "items": {"type": "string", "pattern": _TEXT}}),
     "section": (lambda s, v, k: v, lambda s: s.section.schema()),
+    # a section that a single URL may stand for (`state: redis://host:6379/0` is `state: {url: ...}`)
+    "url_or_section": (lambda s, v, k: v, lambda s: {"oneOf": [{"type": "string", "pattern": _TEXT},
+                                                               s.section.schema()]}),
     "map": (lambda s, v, k: v,
             lambda s: {"type": ["object", "null"], "additionalProperties": s.section.schema()}),
 }

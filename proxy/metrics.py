@@ -328,6 +328,26 @@ STATE_ERRORS = MetricSpec(
     "State file problems by kind (corrupt, write).",
     ("kind",),
 )
+STATE_BACKEND_UP = MetricSpec(
+    "ollama_proxy_state_backend_up", "gauge",
+    "1 while this replica reads and writes its shared state (state: Redis); 0 while it serves with the "
+    "last state it knew, refuses admin changes (503) and journals rollbacks. With a state file (one replica), always 1.",
+)
+STATE_BACKEND_OPERATIONS = MetricSpec(
+    "ollama_proxy_state_backend_operations_total", "counter",
+    "Calls to the shared state by kind (write, conflict, read, sync, replay) and outcome (ok, error): "
+    "a conflict is a change redone on fresher state because another replica wrote first.",
+    ("operation", "outcome"),
+)
+STATE_JOURNAL_ENTRIES = MetricSpec(
+    "ollama_proxy_state_journal_entries", "gauge",
+    "Rollbacks applied on this replica while the shared state was down and not yet replayed into it.",
+)
+REPLICA_LEADER = MetricSpec(
+    "ollama_proxy_replica_leader", "gauge",
+    "1 on the replica that holds the rollout lease (advances rollouts and acts on the shared breaker "
+    "and probe counts), else 0. With a state file, always 1.",
+)
 
 ALL: tuple[MetricSpec, ...] = (
     REQUESTS, ROUTE_REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, MODEL_LOAD_WAITS, TIME_PER_OUTPUT_TOKEN, TOKENS,
@@ -341,7 +361,8 @@ ALL: tuple[MetricSpec, ...] = (
     ROUTE_INFO, ROUTE_CANARY_WEIGHT, ROUTE_ROLLED_BACK, ROUTE_CHANGES,
     BREAKER_CANARY_FAILURE_RATIO, BREAKER_LOG_LIKELIHOOD_RATIO, ALERTMANAGER_NOTIFICATIONS, ALERTMANAGER_RECONCILES,
     ROLLOUT_PHASE, ROLLOUT_STEP, ROLLOUT_ANALYSES, ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_LIMIT, ROLLOUT_NOTIFICATIONS,
-    CONFIG_RELOADS, STATE_ERRORS,
+    CONFIG_RELOADS, STATE_ERRORS, STATE_BACKEND_UP, STATE_BACKEND_OPERATIONS, STATE_JOURNAL_ENTRIES,
+    REPLICA_LEADER,
 )
 
 # Route change reasons besides alert:<alertname>; their series start at 0 for every route.
@@ -468,6 +489,10 @@ class ProxyMetrics:
         self.alertmanager_reconciles = m(ALERTMANAGER_RECONCILES)
         self.config_reloads = m(CONFIG_RELOADS)
         self.state_errors = m(STATE_ERRORS)
+        self.state_backend_up = m(STATE_BACKEND_UP)
+        self.state_backend_operations = m(STATE_BACKEND_OPERATIONS)
+        self.state_journal_entries = m(STATE_JOURNAL_ENTRIES)
+        self.replica_leader = m(REPLICA_LEADER)
         # Counters with a small closed label set start at zero so rate() works from the
         # first scrape and alerts can tell "nothing happened" from "no data".
         for outcome in ("applied", "duplicate", "ignored", "invalid", "unauthorized"):

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-INSTALL_HINT = "sudo apt-get install prometheus prometheus-alertmanager (or run 'make test' as root)"
+INSTALL_HINT = "sudo apt-get install prometheus prometheus-alertmanager redis-server (or run 'make test' as root)"
 
 
 def require_binary(*names: str) -> str:
@@ -29,3 +29,7 @@ def require_binary(*names: str) -> str:
 def alertmanager_binary() -> str:
     # Debian ships Alertmanager as prometheus-alertmanager.
     return require_binary("prometheus-alertmanager", "alertmanager")
+
+
+def redis_server_binary() -> str:
+    return require_binary("redis-server")

@@ -19,6 +19,7 @@ from proxy.common.jsonutil import parse_json
 from proxy.config import ROLLOUT, ConfigError
 from proxy.control.alertmanager import PayloadError, handle_notification, parse_payload
 from proxy.control.breaker import Breakers
+from proxy.control.changes import Changes
 from proxy.control.plane import ControlPlane, RouteError
 from proxy.control.preload import prepare_canary
 from proxy.control.rollout import Rollouts
@@ -30,6 +31,8 @@ BREAKERS = web.AppKey("breakers", Breakers)
 RELOAD = web.AppKey("reload", Callable)
 ROLLOUTS = web.AppKey("rollouts", Rollouts)
 UPSTREAM_SESSION = web.AppKey("upstream_session", Callable)  # () -> the forwarder's aiohttp session
+CHANGES = web.AppKey("changes", Changes)  # where changes become durable: the state file or Redis
+STATE_VIEW = web.AppKey("state_view", Callable)  # () -> what status shows of the state backend
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -102,6 +105,7 @@ async def list_routes(request: web.Request) -> web.Response:
         "last_reload_at": control.last_reload_at,
         "config_file": control.config.config_path,
         "state_file": control.config.state_file,
+        "state": request.app[STATE_VIEW](),
     })
 
 
@@ -137,7 +141,8 @@ async def put_route(request: web.Request) -> web.Response:
     if "canary" in body:
         kwargs["canary"] = body["canary"]
     name = request.match_info["route"]
-    request.app[CONTROL].set_route(name, **kwargs)
+    control = request.app[CONTROL]
+    await request.app[CHANGES].apply([name], lambda: control.set_route(name, **kwargs))
     return web.json_response(_route_view(request, name))
 
 
@@ -147,7 +152,8 @@ async def rollback_route(request: web.Request) -> web.Response:
     note = body.get("reason")
     reason = f"admin:{note}" if isinstance(note, str) and note else "admin"
     name = request.match_info["route"]
-    _, changed = request.app[CONTROL].rollback(name, reason)
+    control = request.app[CONTROL]
+    _, changed = await request.app[CHANGES].apply([name], lambda: control.rollback(name, reason))
     view = _route_view(request, name)
     view["changed"] = changed
     return web.json_response(view)
@@ -156,14 +162,16 @@ async def rollback_route(request: web.Request) -> web.Response:
 @_guard
 async def promote_route(request: web.Request) -> web.Response:
     name = request.match_info["route"]
-    request.app[CONTROL].promote(name)
+    control = request.app[CONTROL]
+    await request.app[CHANGES].apply([name], lambda: control.promote(name))
     return web.json_response(_route_view(request, name))
 
 
 @_guard
 async def resume_route(request: web.Request) -> web.Response:
     name = request.match_info["route"]
-    request.app[CONTROL].resume(name)
+    control = request.app[CONTROL]
+    await request.app[CHANGES].apply([name], lambda: control.resume(name))
     return web.json_response(_route_view(request, name))
 
 
@@ -207,13 +215,14 @@ async def start_rollout(request: web.Request) -> web.Response:
     except ConfigError as exc:
         raise RouteError(400, str(exc)) from None
     current = control.rollouts.get(name)
+    changes = request.app[CHANGES]
     if current is not None and current.active:
-        rollouts.start(name, canary=canary)  # refuses, naming the running rollout
+        await changes.apply([name], lambda: rollouts.start(name, canary=canary))  # refuses, naming it
     if not canary:
         raise RouteError(400, f"route {name!r} has no canary: give one (\"canary\": MODEL)")
     await prepare_canary(request.app[UPSTREAM_SESSION](), control.config.upstream_for(canary), canary,
                          timeout=control.config.timeouts.first_byte)
-    rollouts.start(name, canary=canary, steps=steps, interval=interval)
+    await changes.apply([name], lambda: rollouts.start(name, canary=canary, steps=steps, interval=interval))
     return web.json_response(_rollout_view(request, name))
 
 
@@ -227,9 +236,9 @@ def _rollout_action(action: str):
             full = body.get("full", False)
             if not isinstance(full, bool):
                 raise RouteError(400, "full must be true or false")
-            rollouts.promote(name, full=full)
+            await request.app[CHANGES].apply([name], lambda: rollouts.promote(name, full=full))
         else:
-            getattr(rollouts, action)(name)
+            await request.app[CHANGES].apply([name], lambda: getattr(rollouts, action)(name))
         return web.json_response(_rollout_view(request, name))
     return handler
 
@@ -248,7 +257,14 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
         control.metrics.alertmanager_notifications.labels("invalid").inc()
         log.warning("rejected Alertmanager notification: %s", exc)
         return _error(400, f"invalid Alertmanager payload: {exc}")
-    counts = handle_notification(control, control.metrics, alerts)
+    routes = [a.labels.get("route", "") for a in alerts]
+    counts, durable = await request.app[CHANGES].safety(
+        routes, lambda: handle_notification(control, control.metrics, alerts))
+    if not durable:
+        # Applied on this replica, but neither in Redis nor in a journal: Alertmanager must
+        # retry (it does on 5xx) until the shared state can take it.
+        return _error(503, "shared state unavailable and no state.journal: the rollback holds on this replica "
+                           "only; retry")
     return web.json_response({"status": "ok", **counts})
 
 

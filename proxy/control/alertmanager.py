@@ -26,6 +26,7 @@ import aiohttp
 
 from proxy.common.jsonutil import parse_json
 from proxy.common.rfc3339 import parse_rfc3339
+from proxy.control.changes import Changes, LocalChanges
 from proxy.control.plane import ControlPlane, RouteError
 from proxy.control.routing import RouteState
 from proxy.metrics import ProxyMetrics
@@ -178,8 +179,9 @@ class Reconciler:
     """Polls Alertmanager's API for active rollback alerts."""
 
     def __init__(self, control: ControlPlane, metrics: ProxyMetrics, url: str, interval: float,
-                 grace: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+                 grace: float = 0.0, clock: Callable[[], float] = time.time, changes: Changes | None = None) -> None:
         self.control = control
+        self.changes: Changes = changes or LocalChanges()
         self.metrics = metrics
         self.url = url.rstrip("/")
         self.interval = interval
@@ -212,8 +214,8 @@ class Reconciler:
             log.info("Alertmanager at %s answers again", self.url)
         self._failing = False
         self.metrics.alertmanager_reconciles.labels("ok").inc()
-        applied = 0
         listed: list[Alert] = []
+        due: list[Alert] = []
         for i, raw in enumerate(doc):
             try:
                 alert = parse_alert(raw, f"[{i}]", status="firing")
@@ -227,9 +229,14 @@ class Reconciler:
             started = parse_time(alert.starts_at)
             if started is not None and self.clock() - started < self.grace:
                 continue  # its webhook is probably on the way; look again next poll
-            if handle_alert(self.control, alert, via="reconcile") == "applied":
-                applied += 1
-        resume_resolved(self.control, listed, now=self.clock(), grace=self.grace)
+            due.append(alert)
+
+        def act() -> int:
+            applied = sum(handle_alert(self.control, alert, via="reconcile") == "applied" for alert in due)
+            resume_resolved(self.control, listed, now=self.clock(), grace=self.grace)
+            return applied
+
+        applied, _ = await self.changes.safety(list(self.control.routes.routes), act)
         return applied
 
     async def run(self, session: aiohttp.ClientSession) -> None:

@@ -39,6 +39,10 @@ class ArmWindow:
         if failed:
             self.failures.append(now)
 
+    def add_many(self, now: float, requests: int, failures: int) -> None:
+        self.requests.extend([now] * requests)
+        self.failures.extend([now] * failures)
+
     def trim(self, horizon: float) -> None:
         for q in (self.requests, self.failures):
             while q and q[0] < horizon:
@@ -103,20 +107,53 @@ class Breakers:
         window.add(now, failed)
         if state is None or state.rolled_back:
             return
-        cfg = state.breaker
         window.trim(now - self.horizon(decision.route))
         test = self._test(decision.route, state)
         test.observe(decision.arm == Arm.CANARY, failed)
-        self.metrics.breaker_log_likelihood_ratio.labels(decision.route).set(test.llr)
-        if not cfg.enabled or decision.arm != Arm.CANARY:
+        if decision.arm == Arm.CANARY:
+            self._judge(decision.route, state, test, window, now)
+        else:
+            self.metrics.breaker_log_likelihood_ratio.labels(decision.route).set(test.llr)
+
+    def observe_counts(self, route: str, canary_requests: int, canary_failures: int, stable_requests: int,
+                       stable_failures: int) -> None:
+        """Counts of an interval from every replica (proxy.replicas.counts), fed to the same
+        windows and test as single requests are; the test takes them as one interval."""
+        state = self.routes.routes.get(route)
+        if state is None or not (canary_requests or stable_requests):
+            return
+        if state.rolled_back:
+            self.tests.pop(route, None)
+            canary_requests = canary_failures = 0
+        now = self.clock()
+        for arm, n, failed in ((Arm.CANARY, canary_requests, canary_failures),
+                               (Arm.STABLE, stable_requests, stable_failures)):
+            if n:
+                window = self.windows.get((route, arm))
+                if window is None:
+                    window = self.windows[(route, arm)] = ArmWindow()
+                window.add_many(now, n, failed)
+                window.trim(now - self.horizon(route))
+        if state.rolled_back:
+            return
+        window = self.windows.get((route, Arm.CANARY)) or ArmWindow()
+        test = self._test(route, state)
+        test.observe_interval(canary_requests, canary_failures, stable_requests, stable_failures)
+        self._judge(route, state, test, window, now)
+
+    def _judge(self, route: str, state: RouteState, test: CanarySPRT, window: ArmWindow, now: float) -> None:
+        """After canary evidence: trip when the test says worse and the window's limits agree."""
+        cfg = state.breaker
+        self.metrics.breaker_log_likelihood_ratio.labels(route).set(test.llr)
+        if not cfg.enabled:
             return
         n, failures = window.counts()
         ratio = failures / n if n else 0.0
-        self.metrics.breaker_canary_failure_ratio.labels(decision.route).set(ratio)
+        self.metrics.breaker_canary_failure_ratio.labels(route).set(ratio)
         if not test.worse or n < cfg.min_requests or ratio < cfg.failure_ratio:
             return
         if cfg.stable_margin is not None:
-            stable = self.windows.get((decision.route, Arm.STABLE))
+            stable = self.windows.get((route, Arm.STABLE))
             if stable:
                 stable.trim(now - cfg.window)
             s_n, s_failed = stable.counts() if stable else (0, 0)
@@ -125,10 +162,10 @@ class Breakers:
                 return  # the canary is no worse than stable: the upstream is sick, not the model
         log.warning("breaker tripped on route %s: sequential test says worse (log-likelihood ratio %.2f >= %.2f "
                     "after %d canary and %d stable failures); canary failure ratio %.2f over %d requests in %gs",
-                    decision.route, test.llr, test.threshold, test.canary_failures, test.stable_failures,
+                    route, test.llr, test.threshold, test.canary_failures, test.stable_failures,
                     ratio, n, cfg.window)
         window.clear()
-        self.trip(decision.route)
+        self.trip(route)
 
     def horizon(self, route: str) -> float:
         """The window of a route: the breaker's when enabled, else a minute."""

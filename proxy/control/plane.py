@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from typing import Any, Callable
 
 from proxy.config import ProxyConfig, RouteConfig
-from proxy.control.rollout_state import Phase, Rollout
+from proxy.control.rollout_state import ACTIVE_PHASES, Phase, Rollout
 from proxy.control.routing import RouteState, RouteTable
 from proxy.control.state import StateFile
 from proxy.dataplane.instrument import canonical_model
@@ -95,11 +95,16 @@ class ControlPlane:
         self.config = config
         self.routes = routes
         self.metrics = metrics
-        self.state_file = StateFile(config.state_file)
+        self.state_file = StateFile(None if config.shared_state else config.state_file)
         self.acted_alerts: OrderedDict[str, float] = OrderedDict()  # fingerprint@startsAt
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
         self.rollouts: dict[str, Rollout] = {}  # route -> its rollout, running or the last one
+        # With Redis (proxy.replicas) there is no state file: changes are marked here and the
+        # replica writes them, all of one change at once; acted alerts likewise.
+        self.shared = config.shared_state is not None
+        self.dirty: set[str] = set()
+        self.new_alerts: list[str] = []
         self._load_state()
         for state in self.routes.routes.values():
             self._export(state)
@@ -109,42 +114,67 @@ class ControlPlane:
         data, problem = self.state_file.load(validate_state)
         if problem is not None:
             self.metrics.state_errors.labels("corrupt").inc()
-        saved = data.get("routes", {})
-        for name, fields in saved.items():
-            current = self.routes.routes.get(name)
-            if current is None:
-                log.warning("state file has route %r, which the config no longer defines; ignored", name)
-                continue
-            restored = replace(current, **{k: fields[k] for k in PERSISTED_FIELDS if k in fields})
-            cfg = self.config.routes[name]
-            if fields.get("config") not in (None, _config_view(cfg)):
-                # The config was edited while the proxy was down: it wins, a rollback stays.
-                log.warning("route %s: config changed since the state was saved; using the config "
-                            "(stable=%s canary=%s weight=%g)%s", name, cfg.stable, cfg.canary,
-                            cfg.canary_weight, ", still rolled back" if restored.rolled_back else "")
-                restored = restored.with_config(cfg)
-                if restored.rolled_back:
-                    restored = replace(restored, weight=0.0, weight_before_rollback=cfg.canary_weight)
-            self.routes.routes[name] = restored
-        for key in data.get("acted_alerts", []):
-            self.acted_alerts[str(key)] = 0.0
-        for name, raw in (data.get("rollouts") or {}).items():
-            if name not in self.routes.routes or not isinstance(raw, dict):
-                continue
-            try:
-                self.rollouts[name] = Rollout.from_json(raw)
-            except ValueError as exc:
-                log.error("state file: %s; the rollout is dropped, the route keeps its saved weight", exc)
-        if saved:
+        self.adopt_saved(data)
+        if data.get("routes"):
             log.info("loaded route state from %s: %s", self.state_file.path, ", ".join(
                 f"{s.name}{' (rolled back: ' + s.reason + ')' if s.rolled_back else ''}"
                 for s in self.routes.routes.values()))
 
+    def adopt_saved(self, data: dict[str, Any]) -> None:
+        """Take saved state (a state file's, validated) as this plane's: its routes, rollouts
+        and acted alerts. Routes the config no longer has are ignored."""
+        for name, fields in data.get("routes", {}).items():
+            if name not in self.routes.routes:
+                log.warning("state file has route %r, which the config no longer defines; ignored", name)
+                continue
+            self.install_route(name, fields, (data.get("rollouts") or {}).get(name))
+        for key in data.get("acted_alerts", []):
+            self.acted_alerts[str(key)] = 0.0
+
+    def install_route(self, name: str, fields: dict[str, Any], rollout: dict[str, Any] | None) -> bool:
+        """Make saved fields (a state file's, or another replica's through Redis) this route's
+        state. A config edited since they were saved wins, and a rollback stays; returns
+        True when it did, so the caller can write the config's values back."""
+        current = self.routes.routes[name]
+        restored = replace(current, **{k: fields[k] for k in PERSISTED_FIELDS if k in fields})
+        cfg = self.config.routes[name]
+        edited = fields.get("config") not in (None, _config_view(cfg))
+        if edited:
+            log.warning("route %s: config changed since the state was saved; using the config "
+                        "(stable=%s canary=%s weight=%g)%s", name, cfg.stable, cfg.canary,
+                        cfg.canary_weight, ", still rolled back" if restored.rolled_back else "")
+            in_rollout = isinstance(rollout, dict) and rollout.get("phase") in {str(p) for p in ACTIVE_PHASES}
+            restored = restored.with_config(cfg)
+            if in_rollout:  # the rollout owns the weight (as on a reload)
+                restored = replace(restored, weight=float(fields["weight"]), canary=fields.get("canary"),
+                                   salt=str(fields.get("salt", "")))
+            if restored.rolled_back:
+                restored = replace(restored, weight=0.0, weight_before_rollback=cfg.canary_weight)
+        self.routes.routes[name] = restored
+        self._export(restored, current)
+        self.rollouts.pop(name, None)
+        if isinstance(rollout, dict):
+            try:
+                self.rollouts[name] = Rollout.from_json(rollout)
+            except ValueError as exc:
+                log.error("saved state: %s; the rollout is dropped, the route keeps its saved weight", exc)
+        return edited
+
+    def route_record(self, name: str) -> dict[str, Any]:
+        """What is saved of a route: its state fields, the config they were made under, its rollout."""
+        state = self.routes.routes[name]
+        rollout = self.rollouts.get(name)
+        return {**{k: getattr(state, k) for k in PERSISTED_FIELDS}, "config": _config_view(self.config.routes[name]),
+                "rollout": None if rollout is None else rollout.to_json()}
+
     def save(self) -> None:
         """Persist now (the rollout controller saves its evidence now and then)."""
+        self.dirty.update(name for name in self.rollouts if name in self.config.routes)
         self._save()
 
     def _save(self) -> None:
+        if self.shared:
+            return  # proxy.replicas writes the dirty routes to Redis
         data = {"routes": {name: {**{k: getattr(s, k) for k in PERSISTED_FIELDS},
                                   "config": _config_view(self.config.routes[name])}
                            for name, s in self.routes.routes.items() if name in self.config.routes},
@@ -199,6 +229,7 @@ class ControlPlane:
         old = self.routes.routes[new.name]
         new = replace(new, reason=reason, since=self.clock())
         self.routes.routes[new.name] = new
+        self.dirty.add(new.name)
         self.metrics.route_changes.labels(new.name, reason_label(reason)).inc()
         self._export(new, old)
         self._save()
@@ -314,6 +345,8 @@ class ControlPlane:
         if key in self.acted_alerts:
             return False
         self.acted_alerts[key] = self.clock()
+        if self.shared:
+            self.new_alerts.append(key)
         while len(self.acted_alerts) > MAX_REMEMBERED_ALERTS:
             self.acted_alerts.popitem(last=False)
         return True

@@ -87,13 +87,32 @@ class Probes:
         if counts is None or counts.key != state.since:
             counts = self.counts[decision.route] = ArmCounts(state.since)
         counts.add(decision.arm == Arm.CANARY, error_type in ARM_FAILURES)
+        self._maybe_finish(decision.route, counts)
+
+    def observe_counts(self, route: str, canary_requests: int, canary_failures: int, stable_requests: int,
+                       stable_failures: int) -> None:
+        """Counts of an interval from every replica (proxy.replicas.counts)."""
+        state = self.routes.routes.get(route)
+        if state is None or state.probe_weight_after is None or state.rolled_back:
+            self.counts.pop(route, None)
+            return
+        counts = self.counts.get(route)
+        if counts is None or counts.key != state.since:
+            counts = self.counts[route] = ArmCounts(state.since)
+        counts.canary_requests += canary_requests
+        counts.canary_failures += canary_failures
+        counts.stable_requests += stable_requests
+        counts.stable_failures += stable_failures
+        self._maybe_finish(route, counts)
+
+    def _maybe_finish(self, route: str, counts: ArmCounts) -> None:
         settings = self.settings()
         if counts.canary_requests < settings.probe_requests:
             return
-        del self.counts[decision.route]
+        del self.counts[route]
         passed, why = probe_passes(counts, settings)
-        log.warning("route %s: auto-resume probe %s: %s", decision.route, "passed" if passed else "FAILED", why)
-        self.finish(decision.route, passed, why)
+        log.warning("route %s: auto-resume probe %s: %s", route, "passed" if passed else "FAILED", why)
+        self.finish(route, passed, why)
 
     def progress(self, route: str) -> dict[str, int] | None:
         """The running probe's counts, for ``status``."""

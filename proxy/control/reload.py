@@ -18,7 +18,8 @@ from proxy.config import ConfigError, ProxyConfig, load_config
 log = logging.getLogger("ollama_sidecar.reload")
 
 RESTART_ONLY = ("listen", "session_label_cap", "session_label_ttl", "model_label_cap", "max_body_bytes",
-                "admission", "alertmanager_url", "reconcile_interval", "reconcile_grace", "reload_interval", "state_file")
+                "admission", "alertmanager_url", "reconcile_interval", "reconcile_grace", "reload_interval", "state_file",
+                "shared_state")
 
 
 class ConfigReloader:

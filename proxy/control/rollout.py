@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Callable
 
 import aiohttp
@@ -85,6 +85,12 @@ class Rollouts:
         self.fetched: dict[str, tuple[Evidence, Evidence]] = {}
         self.unavailable: dict[str, str] = {}
         self._last_refresh: float | None = None
+        # With Redis (proxy.replicas): every replica's counts per running rollout, summed; the
+        # leader's tick judges on these instead of this replica's own pending counts.
+        self.shared_totals: dict[str, Evidence] | None = None
+        # Seconds between two saves of the evidence; with Redis shorter, since a new leader
+        # continues from the last save (its step time; the counts themselves are in Redis).
+        self.save_every = SAVE_EVERY
         # (phase, step) last announced per route: a rollout ended by someone else (an alert,
         # the breaker, `rollback`, `promote`) is announced at the next tick.
         self._announced: dict[str, tuple[str, int]] = {
@@ -224,6 +230,8 @@ class Rollouts:
                 if fresh is None:
                     self._export(route)
                     continue
+            elif self.shared_totals is not None:
+                fresh = self._from_shared(rollout)
             else:
                 fresh = self.pending.pop(route, None) or Evidence()
                 rollout.total.add(fresh)
@@ -240,7 +248,7 @@ class Rollouts:
             rollout.sprt = {name: sprt_to_json(test) for name, test in tests.items()}
             self._judge(rollout)
             self._export(route)
-        if now_m - self._last_save >= SAVE_EVERY:
+        if now_m - self._last_save >= self.save_every:
             self._last_save = now_m
             self.plane.save()
 
@@ -288,6 +296,32 @@ class Rollouts:
                 setattr(delta, name, max(0, getattr(theirs, name) - getattr(mine, name)))
         rollout.total, rollout.at_step = total, at_step
         return fresh
+
+    def _from_shared(self, rollout: Rollout) -> Evidence:
+        """What every replica counted since the evidence was last taken in: the shared total
+        less the rollout's own. A new leader takes over the saved evidence and gets the rest
+        from the totals, so nothing is lost or counted twice."""
+        assert self.shared_totals is not None
+        total = self.shared_totals.get(rollout.route)
+        fresh = Evidence()
+        if total is None:
+            return fresh
+        for mine, theirs, delta in ((rollout.total.canary, total.canary, fresh.canary),
+                                    (rollout.total.stable, total.stable, fresh.stable)):
+            for f in fields(delta):
+                diff = getattr(theirs, f.name) - getattr(mine, f.name)
+                setattr(delta, f.name, diff if f.name == "negative" else max(0, diff))  # a re-rating can lower it
+        rollout.total.add(fresh)
+        rollout.at_step.add(fresh)
+        return fresh
+
+    def forget(self, route: str) -> None:
+        """The route's rollout was replaced (another replica wrote it, or a change was undone):
+        its tests are rebuilt from the saved state at the next tick."""
+        self.tests.pop(route, None)
+        self.rates.pop(route, None)
+        if route in self.plane.routes.routes:
+            self._export(route)
 
     def _judge(self, rollout: Rollout) -> None:
         cfg = self._config(rollout.route)

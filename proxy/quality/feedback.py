@@ -92,11 +92,15 @@ class FeedbackStore:
         self.served: dict[str, Served] = {}
         self._order: deque[tuple[float, str]] = deque()  # (expiry, id), oldest first
         self.ratings: dict[str, str] = {}  # request id -> its current rating (rated answers only)
+        # With several replicas: (id, route, arm, model, key) of each answer, for Redis (proxy.replicas)
+        self.outbox: deque[tuple[str, str, str, str, bytes]] | None = None
 
     def remember(self, request_id: str, route: str, arm: str, model: str, key: bytes) -> None:
         now = self.clock()
         expires = now + self.ttl
         self.served[request_id] = Served(route, arm, model, key, expires)
+        if self.outbox is not None:
+            self.outbox.append((request_id, route, arm, model, key))
         order = self._order
         order.append((expires, request_id))
         # the oldest ids go as new ones arrive (over the cap, or expired): bounded work per request
@@ -107,6 +111,19 @@ class FeedbackStore:
                 if entry is not None and entry.expires == old_expires:  # not since reused by a client
                     del self.served[old_id]
                     self._forget(old_id)
+
+    def adopt(self, request_id: str, served: dict[str, Any] | None, rating: str | None) -> None:
+        """What another replica recorded of ``request_id`` (its answer, its rating so far)."""
+        if served is not None and request_id not in self.served:
+            try:
+                entry = Served(str(served["route"]), str(served["arm"]), str(served["model"]),
+                               bytes.fromhex(str(served["key"])), self.clock() + self.ttl)
+            except (KeyError, ValueError):
+                return
+            self.served[request_id] = entry
+            self._order.append((entry.expires, request_id))
+        if rating in (POSITIVE, NEGATIVE) and request_id in self.served:
+            self.ratings[request_id] = rating
 
     def _forget(self, request_id: str) -> None:
         if self.ratings:

@@ -1,0 +1,63 @@
+"""A real ``redis-server`` (Debian's package) on a free port, for the replica tests.
+
+Started with its append-only file fsynced at every write, as a Redis that holds state
+should be run, so a test can kill it and start it again on the same port and data, or
+stop it for good. Missing binary: the test fails under CI=true, skips locally.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from proxy.commands.children import free_port
+from tests.binaries import redis_server_binary
+
+
+class RedisServer:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        self.binary = redis_server_binary()
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no",
+                "--logfile", str(self.dir / "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.RedisError:
+                pass
+            assert self.proc.poll() is None, f"redis-server exited: {(self.dir / 'redis.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
+            time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2,
+                           decode_responses=True)
+
+    def kill(self) -> None:
+        """Gone at once, as a crashed or partitioned Redis is (its data stays on disk)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.kill()
