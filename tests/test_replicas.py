@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -220,6 +222,25 @@ def test_without_a_journal_a_webhook_while_redis_is_down_gets_503_until_redis_ha
         redis.start()
         wait_for(lambda: route(b)["rolled_back"], 10, "the held rollback to reach b")
         assert requests.post(f"{a.url}/admin/alertmanager", json=rollback_alert(), timeout=5).status_code == 200
+
+
+def test_status_says_where_the_state_is_and_what_a_down_redis_means(tmp_path, httpserver):
+    with replicas(tmp_path, httpserver, 1) as (redis, (a,)):
+        up = ctl_status(a.url)
+        assert f"shared state: Redis {redis.url} (prefix ollama-sidecar:) up" in up and "rollout leader" in up
+        redis.kill()
+        wait_for(lambda: not backend(a)["up"], 5, "the replica to notice")
+        down = ctl_status(a.url)
+        assert f"shared state: Redis {redis.url} DOWN" in down
+        assert "admin changes are refused (503)" in down
+
+
+def ctl_status(url: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "status", "--proxy", url], capture_output=True,
+                          text=True, timeout=30, env={k: v for k, v in os.environ.items()
+                                                      if not k.startswith("OLLAMA_SIDECAR_ADMIN")})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_a_replica_started_while_redis_is_down_serves_from_config_and_joins_when_it_is_back(tmp_path, httpserver):

@@ -114,7 +114,23 @@ def format_status(doc: dict[str, Any]) -> str:
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in (header, *rows)]
     if doc.get("last_reload_error"):
         lines.append(f"\nlast config reload FAILED: {doc['last_reload_error']}")
+    if (state := doc.get("state")) and state.get("backend") == "redis":
+        lines.append("")
+        lines.append(format_shared_state(state))
     return "\n".join(lines)
+
+
+def format_shared_state(state: dict[str, Any]) -> str:
+    """One line on the replica's shared state: where, up or not, leader or not; a second
+    line saying what follows when it is down."""
+    role = "rollout leader" if state.get("leader") else "follower"
+    journal = f", {state['journal_entries']} journaled rollback(s) to replay" if state.get("journal_entries") else ""
+    if state.get("up"):
+        return f"shared state: Redis {state['url']} (prefix {state['key_prefix']}) up; replica {state['replica']} " \
+               f"is {role}{journal}"
+    return (f"shared state: Redis {state['url']} DOWN ({state.get('problem')}); replica {state['replica']} serves "
+            f"with the last state it knew{journal}\n  admin changes are refused (503) until it is back; "
+            "Alertmanager rollbacks still apply here and are journaled")
 
 
 def usage_errors_exit_2(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

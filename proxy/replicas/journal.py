@@ -67,7 +67,7 @@ class Journal:
             return
         rest = self.path.read_text(encoding="utf-8", errors="replace").splitlines()[replayed:]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in rest))
             f.flush()
             os.fsync(f.fileno())

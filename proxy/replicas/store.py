@@ -116,7 +116,9 @@ class Store:
                 record = json.loads(doc) if doc else None
             except ValueError:
                 record = {"corrupt": doc[:200]}
-            out[name] = (int(rev or 0), record if isinstance(record, dict) else {"corrupt": str(record)[:200]})
+            if record is not None and not isinstance(record, dict):
+                record = {"corrupt": str(record)[:200]}
+            out[name] = (int(rev or 0), record)
         return out
 
     async def write_routes(self, records: dict[str, tuple[int, dict[str, Any]]], alerts: list[tuple[str, float]],
