@@ -221,6 +221,7 @@ def test_without_a_journal_a_webhook_while_redis_is_down_gets_503_until_redis_ha
         assert retry.status_code == 503  # a duplicate is no more durable than the first
         redis.start()
         wait_for(lambda: route(b)["rolled_back"], 10, "the held rollback to reach b")
+        wait_for(lambda: backend(a)["up"], 10, "a to finish joining")
         assert requests.post(f"{a.url}/admin/alertmanager", json=rollback_alert(), timeout=5).status_code == 200
 
 
@@ -375,13 +376,14 @@ def canary_sessions(salt: str, weight: float, n: int, tag: str) -> list[str]:
 
 def test_a_rollout_advances_on_counts_from_every_replica(tmp_path, httpserver):
     """min_requests 12 per step and each of three replicas sees 5 canary requests: only
-    the sum (15) lets the step pass."""
+    the sum (15) lets the step pass; the step is announced once, by the leader."""
     fake = FakeOllama()
-    for path in ("/api/chat", "/api/show", "/api/generate"):
+    for path in ("/api/chat", "/api/show", "/api/generate", "/hook"):
         httpserver.expect_request(path).respond_with_handler(fake.handle)
     rollout = {"steps": [20, 50], "interval": "0.5s", "min_requests": 12}
     routes = {"chat": {"stable": STABLE, "canary": CANARY, "canary_weight": 0, "rollout": rollout}}
-    with replicas(tmp_path, httpserver, routes=routes, rollout_tick=0.1) as (_, proxies):
+    with replicas(tmp_path, httpserver, routes=routes, rollout_tick=0.1,
+                  notify={"url": httpserver.url_for("/hook")}) as (_, proxies):
         started = requests.post(f"{proxies[1].url}/admin/routes/chat/rollout", json={}, timeout=10)
         assert started.status_code == 200, started.text
         salt = started.json()["salt"]
@@ -394,7 +396,11 @@ def test_a_rollout_advances_on_counts_from_every_replica(tmp_path, httpserver):
             assert p.value("ollama_proxy_route_requests_total", route="chat", arm="canary") == 5
         wait_for(lambda: all(route(p)["weight"] == 50 for p in proxies), 5, "the ramp to move on the summed counts")
         status = requests.get(f"{proxies[2].url}/admin/routes/chat/rollout", timeout=5).json()
-        assert status["step"] == 2 and status["history"][-1]["canary_requests"] >= 15
+        assert status["step"] == 2 and status["history"][-1]["canary_requests"] >= 12
+        wait_for(lambda: any(n["event"] == "step" for n in fake.notes), 5, "the step's notification")
+        time.sleep(0.5)
+        events = [n["event"] for n in fake.notes]
+        assert events.count("started") == 1 and events.count("step") == 1  # (held on 0 canary/s: stalled first)
 
 
 

@@ -539,6 +539,9 @@ class Replica:
         self.rollouts._last_tick = None
         for route in list(self.plane.rollouts):
             self.rollouts.forget(route)
+        # What the rollouts are now was announced by whoever made it so: a new leader
+        # announces only what changes from here on.
+        self.rollouts._announced = {route: (str(r.phase), r.step) for route, r in self.plane.rollouts.items()}
 
 
 def effect_of(before: Any, after: Any, now: float) -> dict[str, Any] | None:
