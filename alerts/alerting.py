@@ -1,8 +1,9 @@
 """Alert rules. Each says what is wrong, links its runbook section and the dashboard to open.
 
-Only the two canary alerts carry ``action="rollback"``: the proxy's Alertmanager webhook
-rolls a route back when one of them fires. Every other alert is for humans, including
-:data:`ROUTE_ROLLED_BACK`, which says that automation acted.
+Only the canary alerts (:data:`ROLLBACK_ALERTS`) carry ``action="rollback"``: the proxy's
+Alertmanager webhook rolls a route back when one of them fires. Every other alert is for
+humans, including :data:`ROUTE_ROLLED_BACK`, which says that automation acted, and the
+replica alerts (a replica without Redis, a rollout lease held by none or by several).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ FLEET_SATURATED = "OllamaFleetSaturated"
 COLD_LOADS_FREQUENT = "OllamaColdLoadsFrequent"
 ROLLOUT_STALLED = "OllamaRolloutStalled"
 ROLLOUT_FAILED = "OllamaRolloutFailed"
+STATE_BACKEND_DOWN = "OllamaStateBackendDown"
+ROLLOUT_LEADER_MISSING = "OllamaRolloutLeaderMissing"
+ROLLOUT_LEADER_SPLIT = "OllamaRolloutLeaderSplit"
 
 # Clock-event reasons that mean heat or hardware holds the clocks down (not the power cap a
 # busy GPU sits at, nor idle).
@@ -193,6 +197,64 @@ def _target_down(name: str, job: str, selector: str, what: str, p: Profile, u: D
     )
 
 
+def _duration(seconds: float) -> str:
+    """A Prometheus duration for whole seconds, in minutes when they are whole minutes."""
+    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
+
+
+def _leader_for(p: Profile) -> str:
+    """How long the rollout lease may stay unheld, or held twice, before a human hears of it:
+    three times a replica's ``down_for``. A leader that dies is replaced within the lease
+    (``state.lease``, 10 s by default) and a rolling restart hands the lease on replica by
+    replica; neither lasts that long, and a rollout step lasts minutes anyway."""
+    return _duration(3 * _seconds(p.down_for))
+
+
+def _rollout_leaders(proxy: str) -> str:
+    """Replicas that hold the rollout lease, per job, counting only the replicas that share
+    their state through Redis. Those, and only those, count a ``sync`` from their first
+    attempt to reach Redis on; a proxy with a state file leads itself (its gauge is always 1)
+    and takes part in no lease, so a job of single proxies on state files (one per host) is
+    neither leaderless nor split, and one among Redis replicas cannot hide a missing leader."""
+    shared = f'{pm.STATE_BACKEND_OPERATIONS.name}{{{proxy}, operation="sync"}}'
+    return f"sum by (job) (\n  {pm.REPLICA_LEADER.name}{{{proxy}}}\n  and on (job, instance) {shared}\n)"
+
+
+def _replica_alerts(p: Profile, proxy: str, u: DashboardUids) -> list[Alert]:
+    """Several replicas sharing their state through Redis (issue 13): a replica that lost
+    Redis, and a deployment whose rollout lease nobody, or more than one, holds. Warnings
+    for people: none of them is a reason to roll a canary back."""
+    leader_for = _leader_for(p)
+    leaders = _rollout_leaders(proxy)
+    return [
+        Alert(
+            STATE_BACKEND_DOWN, f"{pm.STATE_BACKEND_UP.name}{{{proxy}}} == 0", p.down_for, "warning",
+            "Proxy replica {{ $labels.instance }} has lost the shared state (Redis)",
+            f"Replica {{{{ $labels.instance }}}} has not reached the shared state for {p.down_for}: it routes "
+            "with the last state it knew, refuses admin changes (503) and applies rollbacks (Alertmanager's, "
+            "its breaker's) on itself only, journaled until Redis is back; the other replicas do not see them "
+            "meanwhile.",
+            u.overview, ("instance",),
+        ),
+        Alert(
+            ROLLOUT_LEADER_MISSING, f"{leaders} == 0", leader_for, "warning",
+            "No proxy replica of job {{ $labels.job }} holds the rollout lease",
+            f"For {leader_for} none of the replicas that share their state through Redis has held the rollout "
+            "lease: progressive rollouts hold their step, and the breaker and the auto-resume probe do not act "
+            "on the shared counts. Alertmanager's rollbacks still apply on every replica.",
+            u.overview,
+        ),
+        Alert(
+            ROLLOUT_LEADER_SPLIT, f"{leaders} > 1", leader_for, "warning",
+            "{{ $value }} proxy replicas of job {{ $labels.job }} hold a rollout lease",
+            f"For {leader_for} more than one replica of the job has held a rollout lease. There is one lease per "
+            "Redis and state.key_prefix, so these replicas do not share one state: each group routes, rolls out "
+            "and trips its breaker on its own, and their routes can differ.",
+            u.overview,
+        ),
+    ]
+
+
 def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
     """Every alert of profile ``p``, sorted by name (stable output). Every proxy and
     exporter series is selected on its scrape job (``config``)."""
@@ -320,7 +382,9 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
         ),
         Alert(
             FLEET_SATURATED,
-            f"min(\n  max by (upstream) ({pm.UPSTREAM_SATURATION.name}{{{proxy}}})\n"
+            # Summed over replicas: each counts only its own requests in flight (exact when
+            # their busiest model on the server is the same one, an upper bound otherwise).
+            f"min(\n  sum by (upstream) ({pm.UPSTREAM_SATURATION.name}{{{proxy}}})\n"
             f"  and on (upstream) max by (upstream) ({pm.UPSTREAM_UP.name}{{{proxy}}}) == 1\n) >= 1",
             p.fleet_saturated_for, "warning",
             "Every Ollama server is saturated",
@@ -369,6 +433,7 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
             "weight).",
             u.rollout, ("route",),
         ),
+        *_replica_alerts(p, proxy, u),
     ]
     return [dataclasses.replace(a, runbook_base=config.runbook_base).rule()
             for a in sorted(alerts, key=lambda a: a.name)]

@@ -153,15 +153,23 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     PER_SERVER = "{{upstream}}"
     lay.row(
         "Ollama servers (the proxy's fleet)",
-        (c.timeseries("Servers up", (f"max by (upstream) ({pm.UPSTREAM_UP.name}{{{P}}})", PER_SERVER), "none",
-                      max_=1, description="1 while a server passes its health check (/api/version) and traffic "
-                                          "has not ejected it; the proxy sends it nothing while 0."), 6),
+        # Each proxy replica checks and ejects servers on its own: the share of replicas that
+        # have a server in rotation shows one replica's ejection, which max would hide.
+        (c.timeseries("Servers up (share of proxy replicas)",
+                      (f"avg by (upstream) ({pm.UPSTREAM_UP.name}{{{P}}})", PER_SERVER), "percentunit",
+                      max_=1, description="A server is up on a replica while it passes that replica's health check "
+                                          "(/api/version) and its traffic has not ejected it: 100 % on every "
+                                          "replica, 0 on none (OllamaUpstreamDown); the replicas where it is down "
+                                          "send it nothing."), 6),
+        # Each replica counts only its own requests in flight: the server's load is their sum.
         (c.timeseries("Saturation and queue by server", [
-            (f"max by (upstream) ({pm.UPSTREAM_SATURATION.name}{{{P}}})", "saturation " + PER_SERVER),
+            (f"sum by (upstream) ({pm.UPSTREAM_SATURATION.name}{{{P}}})", "saturation " + PER_SERVER),
             (f"sum by (upstream) ({pm.UPSTREAM_QUEUED.name}{{{P}}})", "queued (estimate) " + PER_SERVER),
         ], "short", description="Saturation: the busiest model's requests in flight over its parallel slots (1 = "
-                                "full). Queued: requests beyond the slots, waiting in Ollama's own queue; an estimate "
-                                "from this proxy's requests, Ollama exposes no queue."), 6),
+                                "full), summed over the proxy's replicas (exact when their busiest model is the same, "
+                                "an upper bound otherwise). Queued: requests beyond the slots, waiting in Ollama's own "
+                                "queue; an estimate from each replica's own requests (replicas each under the slots "
+                                "can fill them together), Ollama exposes no queue."), 6),
         (c.table("Where each model is loaded", [
             (f'max by (upstream, model) ({pm.UPSTREAM_MODEL_LOADED.name}{{{P}, model=~"$model"}})', "Loaded"),
         ], "none", description="From each server's /api/ps at the proxy's last discovery: the balancer sends a "

@@ -65,6 +65,18 @@ FIRING_ALERTS_ANNOTATION = {
 
 
 
+# The routing gauges (weight, rolled back, rollout phase and step) are shared by the
+# replicas through Redis: one value per route, their max, which is every replica's while
+# they agree.
+ONE_STATE = ("Replicas sharing their state agree within a second; Overview, \"Canary weight per replica\", "
+             "shows them apart.")
+# Route changes are counted by the replica that made them (the others read the change from
+# Redis and count nothing), so summing over replicas counts each once; a config reload is
+# the exception: every replica that loads the file counts it.
+COUNTED_ONCE = ("Each change is counted once, by the replica that made it; a config reload once per replica "
+                "that loaded it.")
+
+
 def changes_in_range(by: str, config: MonitoringConfig = DEFAULT) -> str:
     """Route changes in the dashboard's range. A reason's series is born at 1 on its first
     change (``alert:<name>`` cannot be created at 0 in advance), and increase() cannot see a
@@ -89,17 +101,21 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
     RAW = f"{ROUTE}, {ARMS}"
     alert_view = (f"Recording rule {{}} (rate window of the loaded rule profile: {limits.window} "
                   f"in {limits.name}).")
-    breaker_description = ("The in-process circuit breaker's own window; 'off' for a route without "
-                           "a breaker.")
+    breaker_description = ("The circuit breaker's own window; 'off' for a route without a breaker. With "
+                           "several replicas, the highest any of them computes (they count on every replica's "
+                           "requests, shared through Redis).")
     lay = c.Layout()
     lay.row(
         "Routing state",
         (c.stat("Canary weight", (f"max by (route) ({pm.ROUTE_CANARY_WEIGHT.name}{{{ROUTE}}})",
-                                  "{{route}}"), "percent", graph=True), 6),
+                                  "{{route}}"), "percent", graph=True,
+                description="The highest weight any proxy replica serves. " + ONE_STATE), 6),
         (c.stat("Rolled back", (f"max by (route) ({pm.ROUTE_ROLLED_BACK.name}{{{ROUTE}}})",
                                 "{{route}}"), "none",
                 mappings=c.value_mapping({"0": ("no", "green"), "1": ("ROLLED BACK", "red")}),
-                steps=c.thresholds(("green", None), ("red", 1))), 6),
+                steps=c.thresholds(("green", None), ("red", 1)),
+                description="ROLLED BACK as soon as one proxy replica is (one without Redis rolls back on its "
+                            "own). " + ONE_STATE), 6),
         (c.stat("Breaker: canary failure ratio",
                 (breaker_ratio(config), "{{route}}"),
                 "percentunit", graph=True, mappings=BREAKER_MAPPINGS,
@@ -107,7 +123,7 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
                 description=breaker_description), 6),
         (c.stat("Route changes in range",
                 (changes_in_range("", config), "changes"),
-                "short", steps=c.thresholds(("green", None), ("orange", 1))), 6),
+                "short", steps=c.thresholds(("green", None), ("orange", 1)), description=COUNTED_ONCE), 6),
         height=4,
     )
     phase, step = pm.ROLLOUT_PHASE.name, pm.ROLLOUT_STEP.name
@@ -186,7 +202,8 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
         (c.table("Route changes in range by reason",
                  [(changes_in_range("route, reason", config),
                    "Changes")], "short", sort_by="Changes",
-                 description="admin, config, alert:<name>, breaker, reconcile, promote, resume."), 12),
+                 description="admin, config, alert:<name>, breaker, reconcile, promote, resume, probe, rollout, "
+                             "rollout_step. " + COUNTED_ONCE), 12),
         (c.table("Models per route now",
                  [(f"max by (route, stable, canary) ({pm.ROUTE_INFO.name}{{{ROUTE}}})", "Configured")],
                  "none"), 12),

@@ -65,7 +65,9 @@ def build(config: MonitoringConfig = DEFAULT) -> g.Dashboard:
         (c.unfiltered(c.timeseries("Active sessions by arm",
                                    (f"sum by (route, arm) ({pm.ACTIVE_SESSIONS.name}{{{SF}}})", ARM), "short",
                                    description="Sessions with a request within session_active_window; exact up to "
-                                               "session_tracking_cap, independent of the session label cap."),
+                                               "session_tracking_cap, independent of the session label cap. Summed "
+                                               "over proxy replicas: exact when a session stays on one replica "
+                                               "(session affinity), else counted once per replica it reached."),
                       NO_MODEL, "Model"), 8),
         (c.unfiltered(c.timeseries("Sessions started and expired /s by arm",
                                    (f'sum by (route, arm, event) (rate({pm.SESSIONS.name}{{{SF}}}[{c.RATE}]))',

@@ -311,6 +311,98 @@ def test_overview_answers_is_it_up_traffic_errors_latency_and_routing():
         assert needed in exprs, needed
 
 
+def test_overview_shows_each_replica_its_shared_state_the_lease_and_its_traffic():
+    """Several replicas (issue 13): one stat per replica for its state backend, the lease and
+    its journal, the count of leaders over every replica (whatever $instance says), and per
+    replica its traffic, its state errors and conflicts, and the canary weights it serves."""
+    dash = _by_uid(UIDS.overview)
+    rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
+    assert rows.index("Replicas") == rows.index("Is it up") + 1
+    panels = {p["title"]: p for p in _panels(dash)}
+    (leaders,) = panels["Rollout leaders"]["targets"]
+    assert pm.REPLICA_LEADER.name in leaders["expr"] and "$instance" not in leaders["expr"]
+    per_replica = {"Shared state per replica": pm.STATE_BACKEND_UP, "Rollout leader per replica": pm.REPLICA_LEADER,
+                   "Journaled rollbacks per replica": pm.STATE_JOURNAL_ENTRIES,
+                   "Requests/s per replica": pm.REQUESTS,
+                   "Shared state: errors and conflicts per replica": pm.STATE_BACKEND_OPERATIONS,
+                   "Canary weight per replica": pm.ROUTE_CANARY_WEIGHT}
+    for title, spec in per_replica.items():
+        for t in panels[title]["targets"]:
+            assert spec.name in t["expr"] and "{{instance}}" in t["legendFormat"], title
+            assert 'instance=~"$instance"' in t["expr"], title
+
+
+def _promtool_records(tmp_path, exprs: dict[str, str], cases: list[tuple[list[dict], list[dict]]]) -> None:
+    """Record ``exprs`` (name -> PromQL) and check each case (input series, expected samples
+    at 10m) with promtool."""
+    import subprocess
+
+    from tests.binaries import require_binary
+
+    promtool = require_binary("promtool")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(
+        {"groups": [{"name": "t", "rules": [{"record": n, "expr": e} for n, e in exprs.items()]}]}))
+    tests = []
+    for series, expected in cases:
+        by_name: dict[str, list] = {}
+        for sample in expected:
+            by_name.setdefault(sample["labels"].split("{")[0], []).append(sample)
+        tests.append({"interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": name, "eval_time": "10m", "exp_samples": samples} for name, samples in by_name.items()]})
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_replica_panels_count_the_lease_holders_and_say_no_errors_rather_than_no_data(tmp_path):
+    """"Rollout leaders" counts the Redis replicas that hold the lease (0 is 0, not the
+    fallback), else the proxies on state files; the errors line of a replica without errors
+    is a 0 that says so."""
+    from dashboards.overview import NO_ERRORS, rollout_leaders
+
+    panels = {p["title"]: p for p in _panels(_by_uid(UIDS.overview))}
+    errors, conflicts = (t["expr"] for t in panels["Shared state: errors and conflicts per replica"]["targets"])
+    leader, up, ops = pm.REPLICA_LEADER.name, pm.STATE_BACKEND_UP.name, pm.STATE_BACKEND_OPERATIONS.name
+    job = 'job="ollama-proxy"'
+
+    def grafana(expr: str) -> str:
+        return expr.replace("$__rate_interval", "2m").replace("$instance", ".*")
+
+    def sync(instance: str, outcome: str = "ok") -> dict:
+        """A Redis replica's count of syncs (a proxy on a state file has none)."""
+        return {"series": f'{ops}{{{job},instance="{instance}",operation="sync",outcome="{outcome}"}}',
+                "values": "0+1x10"}
+
+    _promtool_records(tmp_path, {"leaders": rollout_leaders(DEFAULT), "errors": grafana(errors),
+                                 "conflicts": grafana(conflicts)}, [
+        # one proxy on a state file: it leads itself
+        ([{"series": f'{leader}{{{job},instance="p0"}}', "values": "1x10"}],
+         [{"labels": "leaders", "value": 1}]),
+        # Redis replicas, one leading; a proxy on a state file beside them is not counted
+        ([{"series": f'{leader}{{{job},instance="p1"}}', "values": "1x10"}, sync("p1"),
+          {"series": f'{leader}{{{job},instance="p2"}}', "values": "0x10"}, sync("p2"),
+          {"series": f'{leader}{{{job},instance="p3"}}', "values": "1x10"}],
+         [{"labels": "leaders", "value": 1}]),
+        # Redis replicas, none leading: 0, not the state files' fallback
+        ([{"series": f'{leader}{{{job},instance="p1"}}', "values": "0x10"}, sync("p1", "error"),
+          {"series": f'{leader}{{{job},instance="p2"}}', "values": "0x10"}, sync("p2", "error"),
+          {"series": f'{up}{{{job},instance="p1"}}', "values": "0x10"},
+          {"series": f'{up}{{{job},instance="p2"}}', "values": "1x10"},
+          {"series": f'{ops}{{{job},instance="p1",operation="conflict",outcome="ok"}}', "values": "0+60x10"}],
+         [{"labels": "leaders", "value": 0},
+          {"labels": 'errors{instance="p1",operation="sync"}', "value": 1 / 60},
+          {"labels": 'errors{instance="p2",operation="sync"}', "value": 1 / 60},
+          {"labels": 'conflicts{instance="p1"}', "value": 1},
+          {"labels": 'conflicts{instance="p2"}', "value": 0}]),
+        # a replica that never failed: one 0 line named after it
+        ([{"series": f'{up}{{{job},instance="p1"}}', "values": "1x10"}],
+         [{"labels": f'errors{{instance="p1",operation="{NO_ERRORS}"}}', "value": 0},
+          {"labels": 'conflicts{instance="p1"}', "value": 0}]),
+    ])
+
+
 def test_rollout_compares_the_arms_and_annotates_route_changes_and_alerts():
     dash = _by_uid(UIDS.rollout)
     exprs = _exprs(dash)
