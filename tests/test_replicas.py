@@ -140,6 +140,8 @@ def test_concurrent_conflicting_changes_end_in_one_consistent_state(tmp_path, ht
         # canary written and the last weight written are both there
         assert final["canary"].startswith("model-") and final["weight"] in range(1, 30, 2)
         assert redis.client().hget("ollama-sidecar:route:chat", "rev") == str(30 + 1)  # 30 changes + the first write
+        # each change counted once, by the replica that made it, races redone or not
+        assert sum(p.value("ollama_proxy_route_changes_total", route="chat", reason="admin") for p in proxies) == 30
 
 
 def test_a_state_file_is_imported_once_on_the_first_start(tmp_path, httpserver):
@@ -183,6 +185,7 @@ def test_with_redis_down_requests_are_served_admin_changes_get_503_and_state_con
         refused = requests.put(f"{b.url}/admin/routes/chat", json={"canary_weight": 5}, timeout=5)
         assert refused.status_code == 503 and "NOT made" in refused.json()["error"]
         assert route(b)["weight"] == 50  # nothing applied on one replica alone
+        assert b.value("ollama_proxy_route_changes_total", route="chat", reason="admin") == 0
         assert b.value("ollama_proxy_state_backend_up") == 0
         assert "Connection" in (backend(b)["problem"] or "")
         redis.start()

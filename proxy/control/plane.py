@@ -105,6 +105,7 @@ class ControlPlane:
         self.shared = config.shared_state is not None
         self.dirty: set[str] = set()
         self.new_alerts: list[str] = []
+        self.uncounted: list[tuple[str, str]] = []  # (route, reason) of changes not yet in Redis
         self._load_state()
         for state in self.routes.routes.values():
             self._export(state)
@@ -230,7 +231,10 @@ class ControlPlane:
         new = replace(new, reason=reason, since=self.clock())
         self.routes.routes[new.name] = new
         self.dirty.add(new.name)
-        self.metrics.route_changes.labels(new.name, reason_label(reason)).inc()
+        if self.shared:
+            self.uncounted.append((new.name, reason_label(reason)))  # counted once Redis has it
+        else:
+            self.metrics.route_changes.labels(new.name, reason_label(reason)).inc()
         self._export(new, old)
         self._save()
         log.warning("route %s changed (%s): stable=%s canary=%s weight=%g effective=%g rolled_back=%s",

@@ -154,7 +154,9 @@ class Replica:
             except BackendUnavailable:
                 pass
         before = dict(self.plane.routes.routes)
+        self.plane.uncounted.clear()
         result = op()
+        self._count_changes()
         effects = [e for name, old in before.items()
                    if (e := effect_of(old, self.plane.routes.routes.get(name), self.clock())) is not None]
         journaled = self.journal.append(effects) if effects else self.journal.durable
@@ -446,18 +448,26 @@ class Replica:
             raise
         self.revs.update(revs)
         self.metrics.state_backend_operations.labels("write", "ok").inc()
+        self._count_changes()
 
-    def _snapshot(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, float], dict[str, int]]:
+    def _count_changes(self) -> None:
+        """``route_changes_total`` counts a change once, on the replica that made it, once
+        it is in Redis (or, with Redis down, once it holds here): never a change undone."""
+        for route, reason in self.plane.uncounted:
+            self.metrics.route_changes.labels(route, reason).inc()
+        self.plane.uncounted.clear()
+
+    def _snapshot(self) -> tuple[Any, ...]:
         plane = self.plane
         return (dict(plane.routes.routes), {name: r.to_json() for name, r in plane.rollouts.items()},
-                dict(plane.acted_alerts), dict(self.revs))
+                dict(plane.acted_alerts), dict(self.revs), list(plane.uncounted))
 
     def _restore(self, snapshot: Any) -> None:
         """Undo a change Redis did not take: routes, rollouts and alerts as they were."""
         if snapshot is None:
             return
         plane = self.plane
-        states, rollouts, alerts, revs = snapshot
+        states, rollouts, alerts, revs, uncounted = snapshot
         for name, state in states.items():
             if plane.routes.routes.get(name) is not state and name in plane.routes.routes:
                 current = plane.routes.routes[name]
@@ -475,6 +485,7 @@ class Replica:
         self.revs = revs
         plane.dirty.clear()
         plane.new_alerts.clear()
+        plane.uncounted[:] = uncounted
 
     # --- the journal ----------------------------------------------------------------------------------
     def _apply_journal_locally(self) -> None:
@@ -482,6 +493,7 @@ class Replica:
         entries, _ = self.journal.entries()
         for entry in entries:
             replay(self.plane, entry)
+        self.plane.uncounted.clear()  # counted when they were made
         self.metrics.state_journal_entries.set(len(entries))
         if entries:
             log.warning("shared state: %d journaled change(s) from %s applied on this replica; they go to Redis "
@@ -511,6 +523,7 @@ class Replica:
                 self.plane.dirty.clear()
                 self.plane.new_alerts.clear()
                 replay(self.plane, entry)
+                self.plane.uncounted.clear()  # counted when it was made, on this replica
                 self.plane.dirty.update(edited)
                 try:
                     await self._write_dirty()
