@@ -50,6 +50,7 @@ from proxy.metrics import ARM_FAILURES, NOT_EVIDENCE, Arm, ErrorType, ProxyMetri
 from proxy.quality.feedback import REQUEST_ID, FeedbackError, key_hash
 from proxy.quality.signals import QualitySignals
 from proxy.replicas.replica import Replica
+from proxy.tenants.tenants import Tenants
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -86,7 +87,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     control = ControlPlane(config, routes, metrics)
     notifier = Notifier(metrics, lambda: forwarder.config.notify_url, lambda: forwarder.config.notify_timeout)
     rollouts = Rollouts(control, metrics, lambda: forwarder.config.decisions, notify=notifier.send)
-    replica = Replica(config.shared_state, control, metrics, rollouts) if config.shared_state else None
+    tenants = Tenants(config, metrics)
+    replica = Replica(config.shared_state, control, metrics, rollouts, tenants=tenants) if config.shared_state else None
     changes: Changes = replica if replica is not None else LocalChanges()
     breakers = Breakers(routes, metrics, trip=lambda route: changes.decide(
         [route], lambda: control.rollback(route, "breaker")))
@@ -125,7 +127,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     if replica is not None:
         quality.feedback.outbox = replica.served
     forwarder = Forwarder(config, recorder, routes, AdmissionControl(config.admission, metrics.queue_length),
-                          fleet, on_result=on_result, quality=quality)
+                          fleet, on_result=on_result, quality=quality, tenants=tenants)
 
     def apply(new: ProxyConfig, old: ProxyConfig) -> None:
         forwarder.update_config(new)
@@ -173,6 +175,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         # Plain `upstream:`: nothing to choose, so no discovery or health traffic to it.
         tasks.append(asyncio.create_task(run_fleet(fleet, lambda: forwarder.session)))
         tasks.append(asyncio.create_task(sweep_sessions(quality)))
+        tasks.append(asyncio.create_task(export_tenant_usage(tenants)))
         tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
                                                       lambda: forwarder.session, replica)))
         if replica is not None:
@@ -205,6 +208,13 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
+
+
+async def export_tenant_usage(tenants: Tenants) -> None:
+    """Each tenant's use against its limits as gauges, every second, off the request path."""
+    while True:
+        await asyncio.sleep(1.0)
+        tenants.export_usage()
 
 
 async def sweep_sessions(quality: QualitySignals) -> None:

@@ -20,9 +20,11 @@ own listen address is refused at start-up with a message that says why.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -153,6 +155,23 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class TenantLimits:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """A tenant: its name (a label value), the SHA-256 digests of its keys, its limits."""
+
+    name: str
+    digests: frozenset[bytes] = field(repr=False)
+    limits: TenantLimits = field(default_factory=TenantLimits)
+
+
+@dataclass(frozen=True)
 class SharedStateConfig:
     """``state:``: the Redis that replicas share their routing state through (proxy.replicas)."""
 
@@ -200,7 +219,7 @@ class ProxyConfig:
     max_header_bytes: int = 64 * 1024
     admission: Admission = field(default_factory=Admission)
     admin_token: str | None = field(default=None, repr=False)
-    api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
+    tenants: Mapping[str, TenantConfig] = field(default_factory=dict)  # none: no key is asked for
     alertmanager_url: str | None = None
     reconcile_interval: float = 15.0
     reconcile_grace: float = 10.0  # leave an alert this long to its webhook before acting on it
@@ -358,9 +377,32 @@ METRICS = Section("metrics", "Who may read /metrics, which carries model names a
             "address only Prometheus reaches). Takes effect at the next restart.", nullable=True),
 ))
 
-AUTH = Section("auth", "API keys clients must send (Authorization: Bearer); checked and not passed on to Ollama.", (
-    Setting("api_keys", "strings", "Accepted keys."),
+TENANT_LIMITS = Section("limits", "What one tenant may use; a request over a limit gets 429 with Retry-After in "
+                        "the client's protocol and is never sent to Ollama (error_type=\"rate_limited\"). With "
+                        "`state:` (Redis) the limits hold across replicas.", (
+    Setting("requests_per_minute", "integer", "Generation and embedding requests in any 60 s.", minimum=1,
+            nullable=True),
+    Setting("tokens_per_minute", "integer", "Tokens (prompt and completion, counted from the replies) in any 60 s: "
+            "over it, refused from the next request on.", minimum=1, nullable=True),
+    Setting("tokens_per_day", "integer", "Tokens per UTC day; refused until midnight UTC once spent.", minimum=1,
+            nullable=True),
+    Setting("concurrent", "integer", "Requests in flight at once.", minimum=1, nullable=True),
+), model=TenantLimits)
+
+TENANT = Section("tenant", "A team or app with its own keys, usage counters and limits. Its name is a label value "
+                 "(from the config only, so bounded); its keys never reach logs, labels or Ollama.", (
+    Setting("keys", "strings", "Its keys, or their SHA-256 digests written `sha256:<64 hex digits>` so the config "
+            "never holds a key in clear."),
+    Setting("keys_file", "string", "File of its keys (or digests), one a line (# starts a comment); re-read on "
+            "reload, so keys rotate without a restart.", nullable=True),
+    Setting("limits", "section", "", section=TENANT_LIMITS),
+))
+
+AUTH = Section("auth", "API keys clients must send (Authorization: Bearer); checked and not passed on to Ollama. "
+               "`api_keys` is one tenant named `default`; `tenants` gives each team its own keys and limits.", (
+    Setting("api_keys", "strings", "Accepted keys (tenant `default`)."),
     Setting("api_keys_file", "string", "File of accepted keys, one a line (# starts a comment).", nullable=True),
+    Setting("tenants", "map", "Tenants by name.", section=TENANT),
 ))
 
 def _decision_setting(name: str, default: object) -> Setting:
@@ -517,7 +559,7 @@ def parse_config(data: Mapping[str, Any] | None, *, environ: Mapping[str, str] |
         timeouts=Timeouts(**TIMEOUTS.read(top.get("timeouts"), "timeouts", inputs)),
         admission=Admission(**ADMISSION.read(top.get("admission"), "admission", inputs)),
         admin_token=_parse_admin(top.get("admin"), inputs),
-        api_keys=_parse_auth(top.get("auth"), inputs),
+        tenants=_parse_auth(top.get("auth"), inputs),
         session_key=_secret(inputs, SESSION_KEY_ENV, top.get("session_key_file"), "session_key_file"),
         metrics_token=_secret(inputs, METRICS_TOKEN_ENV, metrics.get("token_file"), "metrics.token_file"),
         metrics_listen=metrics.get("listen"),
@@ -676,13 +718,59 @@ def split_redis_url(url: str) -> tuple[str, str | None]:
     return f"{parts.scheme}://{user}{host}:{port or 6379}/{db}", parts.password
 
 
-def _parse_auth(value: Any, inputs: Inputs) -> frozenset[str]:
+DEFAULT_TENANT = "default"
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+SHA256_KEY = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+def _parse_auth(value: Any, inputs: Inputs) -> dict[str, TenantConfig]:
+    """Every tenant with its key digests. ``api_keys`` is the tenant ``default``; a key may be
+    given as ``sha256:<hex>``. A key in two tenants is refused, naming both, never the key."""
     auth = AUTH.read(value, "auth", inputs)
-    keys = set(auth.get("api_keys", ()))
-    if auth.get("api_keys_file"):
-        text = _read_secret_file(auth["api_keys_file"], "auth.api_keys_file")
-        keys.update(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
-    return frozenset(keys)
+    sources: dict[str, tuple[str, list[str], dict[str, Any]]] = {}
+    old = list(auth.get("api_keys", ())) + _key_lines(auth.get("api_keys_file"), "auth.api_keys_file")
+    if old:
+        sources[DEFAULT_TENANT] = ("auth.api_keys", old, {})
+    for name, spec in mapping(auth.get("tenants"), "auth.tenants").items():
+        where = f"auth.tenants.{name}"
+        if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
+            raise ConfigError(where, "a tenant name is 1-63 letters, digits, '.', '_' or '-', starting with a letter "
+                                     "or digit (it becomes a label value)")
+        if name in sources:
+            raise ConfigError(where, "tenant `default` is what auth.api_keys already is: use one or the other")
+        entry = TENANT.read(spec, where, inputs)
+        keys = list(entry.get("keys", ())) + _key_lines(entry.get("keys_file"), f"{where}.keys_file")
+        if not keys:
+            raise ConfigError(where, "has no keys: give `keys` or `keys_file`")
+        limits = TENANT_LIMITS.read(entry.get("limits"), f"{where}.limits", inputs)
+        sources[name] = (f"{where}.keys", keys, limits)
+    tenants: dict[str, TenantConfig] = {}
+    owner: dict[bytes, str] = {}
+    for name, (where, keys, limits) in sources.items():
+        digests = set()
+        for key in keys:
+            digest = key_digest(key)
+            if owner.get(digest, name) != name:
+                raise ConfigError(where, f"a key of tenant {name!r} is also a key of tenant {owner[digest]!r}")
+            owner[digest] = name
+            digests.add(digest)
+        tenants[name] = TenantConfig(name, frozenset(digests), TenantLimits(**limits))
+    return tenants
+
+
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest a key is known by: given as ``sha256:<hex>``, or computed."""
+    match = SHA256_KEY.fullmatch(key.strip())
+    if match:
+        return bytes.fromhex(match.group(1))
+    return hashlib.sha256(key.strip().encode("utf-8", "surrogateescape")).digest()
+
+
+def _key_lines(path: str | None, key: str) -> list[str]:
+    if not path:
+        return []
+    text = _read_secret_file(path, key)
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 def _read_secret_file(path: str, key: str) -> str:

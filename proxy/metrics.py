@@ -348,6 +348,40 @@ REPLICA_LEADER = MetricSpec(
     "1 on the replica that holds the rollout lease (advances rollouts and acts on the shared breaker "
     "and probe counts), else 0. With a state file, always 1.",
 )
+TENANT_REQUESTS = MetricSpec(
+    "ollama_proxy_tenant_requests_total", "counter",
+    "Generation and embedding requests by tenant (auth.tenants; `default` for auth.api_keys), route, model "
+    "and error type; refused by a limit: error_type=\"rate_limited\", route and model \"none\".",
+    ("tenant", "route", "model", "error_type"),
+)
+TENANT_TOKENS = MetricSpec(
+    "ollama_proxy_tenant_tokens_total", "counter",
+    "Tokens by tenant, model and kind (prompt, completion), as Ollama reported them.",
+    ("tenant", "model", "kind"),
+)
+TENANT_GPU_SECONDS = MetricSpec(
+    "ollama_proxy_tenant_gpu_seconds_total", "counter",
+    "GPU time Ollama reported for a tenant's requests (load + prompt evaluation + generation durations), by "
+    "model: long prompts cost what they cost.",
+    ("tenant", "model"),
+)
+TENANT_LIMITED = MetricSpec(
+    "ollama_proxy_tenant_limited_total", "counter",
+    "Requests refused with 429 by a tenant limit (requests_per_minute, tokens_per_minute, tokens_per_day, "
+    "concurrent); each configured limit's series starts at 0.",
+    ("tenant", "limit"),
+)
+TENANT_LIMIT = MetricSpec(
+    "ollama_proxy_tenant_limit", "gauge",
+    "A tenant's configured limit (only limits that are set).",
+    ("tenant", "limit"),
+)
+TENANT_USAGE = MetricSpec(
+    "ollama_proxy_tenant_usage", "gauge",
+    "A tenant's use against each configured limit now: requests and tokens in the last 60 s, tokens today (UTC), "
+    "requests in flight; with Redis, every replica's (so do not sum it over replicas: take max).",
+    ("tenant", "limit"),
+)
 
 ALL: tuple[MetricSpec, ...] = (
     REQUESTS, ROUTE_REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_TOKEN, MODEL_LOAD_WAITS, TIME_PER_OUTPUT_TOKEN, TOKENS,
@@ -363,6 +397,7 @@ ALL: tuple[MetricSpec, ...] = (
     ROLLOUT_PHASE, ROLLOUT_STEP, ROLLOUT_ANALYSES, ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_LIMIT, ROLLOUT_NOTIFICATIONS,
     CONFIG_RELOADS, STATE_ERRORS, STATE_BACKEND_UP, STATE_BACKEND_OPERATIONS, STATE_JOURNAL_ENTRIES,
     REPLICA_LEADER,
+    TENANT_REQUESTS, TENANT_TOKENS, TENANT_GPU_SECONDS, TENANT_LIMITED, TENANT_LIMIT, TENANT_USAGE,
 )
 
 # Route change reasons besides alert:<alertname>; their series start at 0 for every route.
@@ -385,6 +420,7 @@ class ErrorType(StrEnum):
     STREAM_INTERRUPTED = "stream_interrupted"
     UPSTREAM_INVALID = "upstream_invalid"
     CLIENT_DISCONNECT = "client_disconnect"
+    RATE_LIMITED = "rate_limited"
     INTERNAL = "internal"
 
 
@@ -409,7 +445,8 @@ ERROR_TYPES = tuple(e.value for e in ErrorType)
 SERVER_SIDE_ERRORS = frozenset({ErrorType.UPSTREAM_5XX, ErrorType.TIMEOUT, ErrorType.CONNECT,
                                 ErrorType.STREAM_INTERRUPTED, ErrorType.UPSTREAM_INVALID})
 """Server-side failures: what the breaker and the canary alerts count against an arm."""
-NOT_EVIDENCE = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED})
+NOT_EVIDENCE = frozenset({ErrorType.BAD_REQUEST, ErrorType.CLIENT_DISCONNECT, ErrorType.UNAUTHORIZED,
+                          ErrorType.RATE_LIMITED})
 """Requests that say nothing about the model (the client's own mistakes and hang-ups): the
 breaker, the auto-resume probe and the rollouts leave them out of their counts."""
 ARM_FAILURES = frozenset(SERVER_SIDE_ERRORS | {ErrorType.MODEL_NOT_FOUND})
@@ -493,6 +530,12 @@ class ProxyMetrics:
         self.state_backend_operations = m(STATE_BACKEND_OPERATIONS)
         self.state_journal_entries = m(STATE_JOURNAL_ENTRIES)
         self.replica_leader = m(REPLICA_LEADER)
+        self.tenant_requests = m(TENANT_REQUESTS)
+        self.tenant_tokens = m(TENANT_TOKENS)
+        self.tenant_gpu_seconds = m(TENANT_GPU_SECONDS)
+        self.tenant_limited = m(TENANT_LIMITED)
+        self.tenant_limit = m(TENANT_LIMIT)
+        self.tenant_usage = m(TENANT_USAGE)
         # Counters with a small closed label set start at zero so rate() works from the
         # first scrape and alerts can tell "nothing happened" from "no data".
         for outcome in ("applied", "duplicate", "ignored", "invalid", "unauthorized"):

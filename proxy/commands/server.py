@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def warn_if_open(host: str, config: ProxyConfig) -> None:
     """Serving the network without keys is allowed (a trusted LAN), but never silently."""
-    if config.api_keys or _is_loopback_host(host):
+    if config.tenants or _is_loopback_host(host):
         return
     log.warning("listening on %s with no auth.api_keys: anyone who can reach this address can use "
                 "the models and read /metrics; set auth.api_keys (or auth.api_keys_file) to require a key",

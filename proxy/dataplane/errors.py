@@ -23,21 +23,24 @@ class ProxyError(Exception):
     """A request the proxy answers itself, with a status and a human message."""
 
     def __init__(self, status: int, error_type: ErrorType, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, code: str | None = None, openai_type: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.message = message
         self.headers = headers or {}
+        self.code = code  # the OpenAI error object's `code` (rate_limit_exceeded, …)
+        self.openai_type = openai_type  # its `type`, where the status alone does not say it
 
 
 def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/")
 
 
-def error_body(path: str, status: int, message: str, code: str | None = None) -> bytes:
+def error_body(path: str, status: int, message: str, code: str | None = None,
+               openai_type: str | None = None) -> bytes:
     if is_openai_path(path):
-        payload: dict = {"error": {"message": message, "type": OPENAI_TYPES.get(status, "api_error"),
+        payload: dict = {"error": {"message": message, "type": openai_type or OPENAI_TYPES.get(status, "api_error"),
                                    "param": None, "code": code}}
     else:
         payload = {"error": message}
@@ -45,8 +48,8 @@ def error_body(path: str, status: int, message: str, code: str | None = None) ->
 
 
 def error_response(path: str, err: ProxyError) -> web.Response:
-    code = "invalid_api_key" if err.status == 401 else None
-    return web.Response(status=err.status, body=error_body(path, err.status, err.message, code),
+    code = err.code or ("invalid_api_key" if err.status == 401 else None)
+    return web.Response(status=err.status, body=error_body(path, err.status, err.message, code, err.openai_type),
                         content_type="application/json", headers=err.headers)
 
 

@@ -25,7 +25,6 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.common.bearer import token_matches
 from proxy.common.jsonutil import json_or_none, parse_json
 from proxy.config import ProxyConfig
 from proxy.control.routing import Decision, RouteTable
@@ -45,6 +44,7 @@ from proxy.fleet.fleet import Fleet
 from proxy.fleet.servers import Server
 from proxy.metrics import NO_MODEL, NO_ROUTE, SERVER_SIDE_ERRORS, Arm, ErrorType
 from proxy.quality.feedback import request_id_from
+from proxy.tenants.tenants import Tenants
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -61,7 +61,8 @@ class Forwarder:
     """The catch-all handler; one per application."""
 
     def __init__(self, config: ProxyConfig, recorder: Recorder, routes: RouteTable,
-                 admission: AdmissionControl, fleet: Fleet, on_result: Any = None, quality: Any = None) -> None:
+                 admission: AdmissionControl, fleet: Fleet, on_result: Any = None, quality: Any = None,
+                 tenants: Tenants | None = None) -> None:
         self.recorder = recorder
         self.routes = routes
         self.admission = admission
@@ -71,16 +72,17 @@ class Forwarder:
         # Called with (decision, error_type) after each routed request (the breaker).
         self.on_result = on_result
         self.quality = quality  # proxy.quality.signals.QualitySignals: sessions, regenerations, feedback ids
+        self.tenants = tenants or Tenants(config, recorder.metrics)
         self.update_config(config)
 
     def update_config(self, config: ProxyConfig) -> None:
         """Adopt a (reloaded) config for requests that arrive from now on."""
         self.config = config
         self.upstream.timeouts = config.timeouts
-        self._api_keys = [k.encode() for k in config.api_keys]
+        self.tenants.update_config(config)
         # The data-plane key is the gateway's credential: Ollama (maybe a shared or remote
         # host) never sees it.
-        self._drop = frozenset({"authorization"}) if config.api_keys else frozenset()
+        self._drop = frozenset({"authorization"}) if config.tenants else frozenset()
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -97,7 +99,7 @@ class Forwarder:
         start = time.perf_counter()
         path = request.path
         try:
-            self.authorize(request)
+            tenant = self.authorize(request)
         except ProxyError as err:
             self.recorder.record(RequestRecord(endpoint_label(path), error_type=err.error_type,
                                                status=err.status, duration=time.perf_counter() - start))
@@ -105,12 +107,18 @@ class Forwarder:
         endpoint = ENDPOINTS.get(path) if request.method == "POST" else None
         if endpoint is None:
             return await self.passthrough.handle(request, start, self._drop)
-        return await self._instrumented(request, endpoint, start)
+        return await self._instrumented(request, endpoint, start, tenant)
 
-    def authorize(self, request: web.Request) -> None:
-        if self._api_keys and not token_matches(request.headers.get("Authorization"), self._api_keys):
+    def authorize(self, request: web.Request) -> str | None:
+        """The request's tenant (None when no keys are configured); 401 for a missing or
+        unknown key."""
+        if not self.tenants.required:
+            return None
+        tenant = self.tenants.identify(request.headers.get("Authorization"))
+        if tenant is None:
             raise ProxyError(401, ErrorType.UNAUTHORIZED, "gateway token missing or invalid: send "
-                             "'Authorization: Bearer <key>' with a key configured in auth.api_keys")
+                             "'Authorization: Bearer <key>' with a key configured in auth.api_keys or auth.tenants")
+        return tenant
 
     # --- instrumented endpoints -------------------------------------------------------------
     async def _read_json(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -138,7 +146,8 @@ class Forwarder:
             raise ProxyError(400, ErrorType.BAD_REQUEST, "model name is too long or contains control characters")
         return raw, body
 
-    async def _instrumented(self, request: web.Request, endpoint: Endpoint, start: float) -> web.StreamResponse:
+    async def _instrumented(self, request: web.Request, endpoint: Endpoint, start: float,
+                            tenant: str | None = None) -> web.StreamResponse:
         path = endpoint.name
         stats = ReplyStats()
         rec = RequestRecord(path, start=start, stats=stats)
@@ -146,8 +155,16 @@ class Forwarder:
         decision = Decision(NO_ROUTE, Arm.DIRECT, NO_MODEL, self.config.upstream, request_id=request_id)
         session_raw: str | None = None
         messages: Any = None
+        admitted = False
         try:
             raw, body = await self._read_json(request)
+            if tenant is not None:
+                refusal = self.tenants.admit(tenant)
+                if refusal is not None:
+                    raise ProxyError(429, ErrorType.RATE_LIMITED, refusal.message(tenant),
+                                     headers={"Retry-After": str(refusal.retry_after)}, code="rate_limit_exceeded",
+                                     openai_type="tokens" if "tokens" in refusal.limit else "requests")
+                admitted = True
             requested = body["model"]
             messages = body.get("messages")
             session_raw = extract_session(self.config.session_sources, request.headers, body)
@@ -213,6 +230,8 @@ class Forwarder:
                 self.quality.observe(path, decision, rec, session_raw, messages, request.headers.get("Authorization"))
             if self.on_result is not None and decision.route != NO_ROUTE:
                 self.on_result(decision, rec)
+            if tenant is not None:
+                self.tenants.finish(tenant, rec, admitted)
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:

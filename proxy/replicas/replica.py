@@ -44,6 +44,8 @@ from proxy.replicas import counts as shared
 from proxy.replicas.journal import Journal
 from proxy.replicas.lease import Lease
 from proxy.replicas.store import Conflict, Store, connect
+from proxy.replicas.tenant_limits import SharedTenantLimits
+from proxy.tenants.tenants import Tenants
 
 log = logging.getLogger("ollama_sidecar.replicas")
 
@@ -61,7 +63,8 @@ class BackendUnavailable(RouteError):
 
 class Replica:
     def __init__(self, cfg: SharedStateConfig, plane: ControlPlane, metrics: ProxyMetrics, rollouts: Rollouts,
-                 *, replica_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 *, tenants: Tenants | None = None, replica_id: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.plane = plane
         self.metrics = metrics
@@ -72,6 +75,7 @@ class Replica:
         self.store = Store(self.redis, cfg.key_prefix)
         self.journal = Journal(cfg.journal)
         self.lease = Lease(self.id, cfg.lease, self._leadership_changed)
+        self.tenant_limits = SharedTenantLimits(tenants, self.id, cfg.sync_interval) if tenants is not None else None
         self.outcomes = shared.Outcomes()
         # (request id, route, arm, model, key hash): answers to publish for feedback on any replica
         self.served: deque[tuple[str, str, str, str, bytes]] = deque(maxlen=100_000)
@@ -99,7 +103,10 @@ class Replica:
         entries, _ = self.journal.entries()
         return {"backend": "redis", "url": self.cfg.url, "key_prefix": self.cfg.key_prefix, "up": self.up,
                 "problem": self.problem, "down_since": self.down_since, "replica": self.id, "leader": self.leader,
-                "journal": self.cfg.journal, "journal_entries": len(entries)}
+                "journal": self.cfg.journal, "journal_entries": len(entries),
+                "tenant_limits": None if self.tenant_limits is None else (
+                    f"this replica's share (1/{self.tenant_limits.replicas}): Redis unavailable"
+                    if self.tenant_limits.alone else f"shared by {self.tenant_limits.replicas} replica(s)")}
 
     # --- changes ------------------------------------------------------------------------------
     async def apply(self, routes: Iterable[str], op: Callable[[], T]) -> T:
@@ -285,6 +292,8 @@ class Replica:
         await self._flush()
         await self.lease.tick(self.store)
         await self._feed_outcomes()
+        if self.tenant_limits is not None:
+            await self.tenant_limits.sync(self.store)
         self._syncs += 1
         if self._syncs % FULL_READ_EVERY == 0:
             async with self._lock:
@@ -546,6 +555,8 @@ class Replica:
         self.metrics.state_backend_operations.labels("sync", "error").inc()
         self.lease.lost()
         self._seen_outcomes.clear()  # totals are re-based after the next join
+        if self.tenant_limits is not None:
+            self.tenant_limits.unreachable()
 
     def _leadership_changed(self, held: bool) -> None:
         self.metrics.replica_leader.set(1 if held else 0)

@@ -1,0 +1,110 @@
+"""Tenants: who a request belongs to, whether its tenant may send it now, and what it used.
+
+A key is known by its SHA-256 digest only (configs may hold just the digests): the
+presented key is hashed once and looked up. An attacker cannot steer a digest's bytes,
+so the lookup's timing says nothing about any key; the key itself never reaches logs,
+labels or Ollama. The tenant's name comes from the config, so its label is bounded.
+
+Attribution goes on session-free counters: requests by route, model and error type,
+tokens by kind, and the GPU time Ollama reports (load, prompt evaluation and generation),
+so a team sending long prompts is seen as the cost it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Callable
+
+from proxy.common.bearer import bearer_token
+from proxy.config import ProxyConfig, TenantConfig
+from proxy.dataplane.instrument import RequestRecord
+from proxy.metrics import NO_MODEL, NO_ROUTE, ProxyMetrics, remove_series
+from proxy.tenants.limits import LIMIT_NAMES, Refusal, Usage
+
+
+class Tenants:
+    def __init__(self, config: ProxyConfig, metrics: ProxyMetrics, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.wall = wall
+        self.usage: dict[str, Usage] = {}
+        self.update_config(config)
+
+    def update_config(self, config: ProxyConfig) -> None:
+        """Keys and limits from a (reloaded) config: a rotated key works at once, a removed
+        one is refused at once; use so far is kept for tenants that stay."""
+        tenants = config.tenants
+        self.by_digest: dict[bytes, str] = {d: t.name for t in tenants.values() for d in t.digests}
+        self.required = bool(tenants)
+        for name, tenant in tenants.items():
+            usage = self.usage.get(name)
+            if usage is None:
+                self.usage[name] = Usage(tenant.limits)
+                self._zero_series(tenant)
+            else:
+                usage.limits = tenant.limits
+            for limit in LIMIT_NAMES:
+                value = getattr(tenant.limits, limit)
+                if value is None:
+                    remove_series(self.metrics.tenant_limit, name, limit)
+                    remove_series(self.metrics.tenant_usage, name, limit)
+                else:
+                    self.metrics.tenant_limit.labels(name, limit).set(value)
+        for gone in set(self.usage) - set(tenants):
+            del self.usage[gone]
+            for limit in LIMIT_NAMES:
+                remove_series(self.metrics.tenant_limit, gone, limit)
+                remove_series(self.metrics.tenant_usage, gone, limit)
+
+    def _zero_series(self, tenant: TenantConfig) -> None:
+        for limit in LIMIT_NAMES:
+            if getattr(tenant.limits, limit) is not None:
+                self.metrics.tenant_limited.labels(tenant.name, limit)
+
+    # --- the request path ---------------------------------------------------------------------
+    def identify(self, authorization: str | None) -> str | None:
+        """The tenant of a request's key, or None for a missing or unknown key."""
+        token = bearer_token(authorization)
+        if not token:
+            return None
+        return self.by_digest.get(hashlib.sha256(token).digest())
+
+    def admit(self, tenant: str) -> Refusal | None:
+        usage = self.usage.get(tenant)
+        if usage is None:
+            return None
+        refusal = usage.admit(self.clock(), self.wall())
+        if refusal is not None:
+            self.metrics.tenant_limited.labels(tenant, refusal.limit).inc()
+        return refusal
+
+    def finish(self, tenant: str, rec: RequestRecord, admitted: bool) -> None:
+        """Attribute one finished request (refused ones included) to its tenant."""
+        m = self.metrics
+        model = rec.model if admitted else NO_MODEL
+        m.tenant_requests.labels(tenant, rec.route if admitted else NO_ROUTE, model, rec.error_type).inc()
+        stats = rec.stats
+        tokens = 0
+        if stats is not None and admitted:
+            for kind, count in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens)):
+                if count:
+                    m.tenant_tokens.labels(tenant, model, kind).inc(count)
+                    tokens += count
+            gpu = sum(d for d in (stats.load_duration, stats.prompt_eval_duration, stats.eval_duration) if d)
+            if gpu:
+                m.tenant_gpu_seconds.labels(tenant, model).inc(gpu)
+        if admitted:
+            usage = self.usage.get(tenant)
+            if usage is not None:
+                usage.finish(self.clock(), self.wall(), tokens)
+
+    # --- off the request path -------------------------------------------------------------------
+    def export_usage(self) -> None:
+        """``ollama_proxy_tenant_usage``: each tenant's use against each of its limits."""
+        now, wall = self.clock(), self.wall()
+        for name, usage in self.usage.items():
+            for limit, value in usage.window(now, wall).items():
+                if getattr(usage.limits, limit) is not None:
+                    self.metrics.tenant_usage.labels(name, limit).set(value)
