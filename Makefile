@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Debian's prometheus, promtool, alertmanager and amtool: installed when missing and we are root.
+## Debian's prometheus, promtool, alertmanager, amtool, redis-server and nginx: installed when missing and we are root.
 system-deps:
 	@./.ci/system-deps
 

@@ -3,6 +3,8 @@
 #   compose/secrets/admin_token              the proxy's admin/webhook token (Alertmanager
 #                                            sends it as Bearer; `ollama-sidecar` CLI needs it)
 #   compose/secrets/grafana_admin_password   Grafana's `admin` password
+#   compose/secrets/session_key              the key of hashed session labels, the same on
+#                                            every proxy replica (labels agree across them)
 # Existing files are kept (delete one and re-run to rotate it, then restart the stack).
 #
 # The directory is 0700 so other users on this host cannot read the secrets; the files
@@ -33,4 +35,5 @@ new_secret() {
 }
 
 new_secret admin_token
+new_secret session_key
 new_secret grafana_admin_password

@@ -84,8 +84,16 @@ class Profile:
         return intervals.pop()
 
     def target_labels(self, job: str) -> dict[str, str]:
-        """The labels every series scraped from the job's (single) target carries."""
-        [static] = self.job(job)["static_configs"]
+        """The labels every series scraped from the job's (first) target carries: a static
+        target with its static labels, or the proxy replicas' first DNS name with the
+        labels the job's relabel_configs set to a constant (``host``)."""
+        scrape = self.job(job)
+        if "dns_sd_configs" in scrape:
+            [dns] = scrape["dns_sd_configs"]
+            constants = {r["target_label"]: r["replacement"] for r in scrape.get("relabel_configs", [])
+                         if "source_labels" not in r and r.get("action", "replace") == "replace"}
+            return {"job": job, "instance": f"{dns['names'][0]}:{dns['port']}", **constants}
+        [static] = scrape["static_configs"]
         [target] = static["targets"]
         return {"job": job, "instance": target, **static.get("labels", {})}
 

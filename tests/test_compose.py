@@ -3,7 +3,9 @@
 Docker is not available where the suite runs, so the compose files are validated against
 the Compose specification (check-jsonschema's vendored `vendor.compose-spec`) and their
 wiring is checked structurally: every URL, port, mount and secret one service expects
-must be what another service or config file provides. The secrets script runs for real.
+must be what another service or config file provides. The secrets script runs for real,
+and tests/test_scaled_topology.py runs the same topology as processes (nginx with
+compose/lb/nginx.conf, proxy replicas sharing a Redis, Prometheus).
 """
 
 from __future__ import annotations
@@ -31,18 +33,24 @@ MAIN = COMPOSE_DIR / "docker-compose.yml"
 CPU = COMPOSE_DIR / "docker-compose.cpu.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 PROXY_CONFIG = COMPOSE_DIR / "proxy" / "proxy.yaml"
+LB_CONFIG = COMPOSE_DIR / "lb" / "nginx.conf"
 PROVISIONING = REPO / "provisioning"
 # Selects the Prometheus config, and with it the rule profile (compose's only variable
 # besides OLLAMA_SIDECAR_BIND).
 PROFILE_VARIABLE = "OLLAMA_SIDECAR_PROMETHEUS_CONFIG"
 
-SERVICES = {"ollama", "proxy", "exporter", "prometheus", "alertmanager", "grafana", "receivers-check"}
+# The proxy runs as two replicas that share their state through Redis, behind nginx (lb).
+PROXY_REPLICAS = ("proxy-1", "proxy-2")
+SERVICES = {"ollama", *PROXY_REPLICAS, "redis", "lb", "exporter", "prometheus", "alertmanager", "grafana",
+            "receivers-check"}
 # Run once at start-up and exit; no health check, never restarted.
 ONE_SHOT = {"receivers-check"}
-PUBLISHED = {"proxy", "grafana"}
+PUBLISHED = {"lb", "grafana"}
 GPU_SERVICES = {"ollama", "exporter"}
 # Ports the upstream images listen on (not configurable from this repo).
-IMAGE_PORTS = {"ollama": 11434, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000}
+IMAGE_PORTS = {"ollama": 11434, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000, "redis": 6379}
+# The proxy's defaults the LB must match or outwait (proxy/config.py).
+PROXY_MAX_BODY_BYTES = 32 * 1024 * 1024
 INTERPOLATION = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 
@@ -117,7 +125,19 @@ def command_option(service: dict, option: str) -> str:
 def listen_port(name: str, service: dict) -> int:
     if name in IMAGE_PORTS:
         return IMAGE_PORTS[name]
+    if name == "lb":
+        [port] = re.findall(r"^\s*listen\s+(\d+);", LB_CONFIG.read_text(), re.MULTILINE)
+        return int(port)
     return int(command_option(service, "--listen").rsplit(":", 1)[1])
+
+
+def service_answering(stack: dict, host: str) -> str:
+    """The compose service a name on the compose network reaches: its own, or an alias."""
+    if host in stack["services"]:
+        return host
+    [name] = [name for name, service in stack["services"].items()
+              if host in (service.get("networks") or {}).get("default", {}).get("aliases", [])]
+    return name
 
 
 def mounts(service: dict) -> dict[str, str]:
@@ -189,7 +209,7 @@ def test_the_compose_spec_check_rejects_a_misspelt_key(tmp_path: Path, main: dic
     """Guards the check above: the vendored schema must really reject unknown keys."""
     broken = tmp_path / "broken.yml"
     stack = copy.deepcopy(main)
-    stack["services"]["proxy"]["healthcheck"]["tset"] = stack["services"]["proxy"]["healthcheck"].pop("test")
+    stack["services"]["proxy-1"]["healthcheck"]["tset"] = stack["services"]["proxy-1"]["healthcheck"].pop("test")
     broken.write_text(yaml.safe_dump(stack))
     assert check_compose_spec(broken).returncode != 0
 
@@ -205,21 +225,23 @@ def test_images_are_pinned(main: dict) -> None:
     for name, service in main["services"].items():
         repository, _, tag = service["image"].rpartition(":")
         assert repository and tag and tag != "latest", name
-        if "build" not in service:  # pulled: a version, not a moving tag like `stable`
-            assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {service['image']}"
+        if "build" not in service:  # pulled: a version (alpine variant or not), not a moving tag like `stable`
+            assert re.fullmatch(r"v?\d+\.\d+\.\d+(-alpine)?", tag), f"{name}: {service['image']}"
     # The base image: by Python minor version, pinned to a digest only by
     # compose/pin-base-image.sh (which reads it from the registry).
     assert re.fullmatch(r"python:3\.11-slim-[a-z]+(@sha256:[0-9a-f]{64})?", dockerfile_base_image()), dockerfile_base_image()
 
 
 def test_proxy_and_exporter_share_one_image_built_from_the_repo(main: dict) -> None:
-    proxy, exporter = main["services"]["proxy"], main["services"]["exporter"]
-    assert proxy["image"] == exporter["image"]
-    assert proxy["build"] == exporter["build"]
-    context = (COMPOSE_DIR / proxy["build"]["context"]).resolve()
-    assert context == REPO
-    assert (context / proxy["build"]["dockerfile"]).resolve() == DOCKERFILE
-    assert command_option(proxy, "--upstream") == "http://ollama:11434"
+    exporter = main["services"]["exporter"]
+    for name in PROXY_REPLICAS:
+        proxy = main["services"][name]
+        assert proxy["image"] == exporter["image"], name
+        assert proxy["build"] == exporter["build"], name
+        context = (COMPOSE_DIR / proxy["build"]["context"]).resolve()
+        assert context == REPO
+        assert (context / proxy["build"]["dockerfile"]).resolve() == DOCKERFILE
+        assert command_option(proxy, "--upstream") == "http://ollama:11434", name
     assert exporter["environment"]["OLLAMA_HOST"] == "http://ollama:11434"
 
 
@@ -229,16 +251,19 @@ def test_every_service_has_a_health_check_its_image_can_run(main: dict) -> None:
             continue
         check = service["healthcheck"]["test"]
         assert check[0] == "CMD", name
-        # None of these images ships curl; ollama/python/busybox wget are what they have.
-        assert check[1] in {"ollama", "python", "wget"}, name
+        # None of these images ships curl; ollama/python/busybox wget/redis-cli are what they have.
+        assert check[1] in {"ollama", "python", "wget", "redis-cli"}, name
         urls = re.findall(r"http://[^'\s\"]+", " ".join(check))
         for url in urls:
             assert urlsplit(url).port == listen_port(name, service), f"{name}: {url}"
-        if name in {"proxy", "exporter"}:
+        if name in {*PROXY_REPLICAS, "lb", "exporter"}:
+            # The LB's goes through to a replica: healthy while one answers.
             assert urls and urlsplit(urls[0]).path == "/healthz", name
 
 
-def test_only_proxy_and_grafana_are_published_on_loopback(main: dict) -> None:
+def test_only_the_lb_and_grafana_are_published_on_loopback(main: dict) -> None:
+    """Clients reach the proxy replicas through the LB only (sticky sessions); the
+    replicas, Redis and the rest stay on the compose network."""
     published = {name for name, service in main["services"].items() if service.get("ports")}
     assert published == PUBLISHED
     for name in PUBLISHED:
@@ -282,11 +307,25 @@ def test_cpu_override_only_removes_gpu_reservations(main: dict, cpu_merged: dict
 def test_admin_token_is_one_secret_shared_by_proxy_and_alertmanager(main: dict) -> None:
     secret_file = (COMPOSE_DIR / main["secrets"]["admin_token"]["file"]).resolve()
     assert secret_file == COMPOSE_DIR / "secrets" / "admin_token"
-    assert "admin_token" in main["services"]["proxy"]["secrets"]
+    for name in PROXY_REPLICAS:
+        proxy = main["services"][name]
+        assert "admin_token" in proxy["secrets"], name
+        assert proxy["environment"]["OLLAMA_SIDECAR_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token", name
     assert "admin_token" in main["services"]["alertmanager"]["secrets"]
-    assert main["services"]["proxy"]["environment"]["OLLAMA_SIDECAR_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token"
     webhook = rollback_webhook()
     assert webhook["http_config"]["authorization"]["credentials_file"] == "/run/secrets/admin_token"
+
+
+def test_every_replica_hashes_session_labels_with_one_key_from_a_secret(main: dict) -> None:
+    """Without a shared key each replica makes its own: a session's label in /metrics would
+    depend on the replica that served it and change at every restart."""
+    secret_file = (COMPOSE_DIR / main["secrets"]["session_key"]["file"]).resolve()
+    assert secret_file == COMPOSE_DIR / "secrets" / "session_key"
+    for name in PROXY_REPLICAS:
+        proxy = main["services"][name]
+        assert "session_key" in proxy["secrets"], name
+        assert proxy["environment"]["OLLAMA_SIDECAR_SESSION_KEY_FILE"] == "/run/secrets/session_key", name
+    assert "session_key_file" not in load_yaml(PROXY_CONFIG)
 
 
 def test_grafana_admin_password_comes_from_a_secret(main: dict) -> None:
@@ -302,7 +341,7 @@ def test_real_secrets_are_ignored_by_git() -> None:
         ["git", "ls-files", "compose/secrets"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     assert tracked == ["compose/secrets/README.md"]
-    for name in ("admin_token", "grafana_admin_password"):
+    for name in load_compose(MAIN)["secrets"]:
         ignored = subprocess.run(["git", "check-ignore", "-q", f"compose/secrets/{name}"], cwd=REPO)
         assert ignored.returncode == 0, f"git would commit compose/secrets/{name}"
 
@@ -365,22 +404,33 @@ def test_prometheus_loads_each_profiles_config_with_its_own_rules(main: dict) ->
     assert mounts(prometheus)[data_path] == "prometheus-data"
 
 
+def scrape_targets(job: dict) -> list[tuple[str, int]]:
+    """(host, port) of every target a shipped job finds: static ones, or DNS names."""
+    if "dns_sd_configs" in job:
+        return [(name, dns["port"]) for dns in job["dns_sd_configs"] for name in dns["names"]]
+    return [(host, int(port)) for static in job["static_configs"]
+            for host, port in (target.rsplit(":", 1) for target in static["targets"])]
+
+
 @pytest.mark.parametrize("config", sorted(CONFIGS.values()), ids=lambda p: p.name)
 def test_prometheus_targets_are_compose_services_on_their_ports(main: dict, config: Path) -> None:
-    jobs = load_yaml(config)["scrape_configs"]
-    for job in jobs:
-        [target] = job["static_configs"][0]["targets"]
-        host, port = target.rsplit(":", 1)
-        service = "prometheus" if host == "localhost" else host
-        if service == "proxy":
-            # The proxy's /metrics lives on its own listener (metrics.listen), on the compose
-            # network only: never the port published for clients.
-            metrics_listen = load_yaml(COMPOSE_DIR / "proxy" / "proxy.yaml")["metrics"]["listen"]
-            assert int(port) == int(metrics_listen.rsplit(":", 1)[1]), job["job_name"]
-            published = [str(p) for p in main["services"]["proxy"].get("ports", [])]
-            assert published and not any(p.endswith(f":{port}") for p in published), published
-            continue
-        assert int(port) == listen_port(service, main["services"][service]), job["job_name"]
+    metrics_port = int(load_yaml(PROXY_CONFIG)["metrics"]["listen"].rsplit(":", 1)[1])
+    for job in load_yaml(config)["scrape_configs"]:
+        for host, port in scrape_targets(job):
+            service = "prometheus" if host == "localhost" else host
+            if service in PROXY_REPLICAS:
+                # A replica's /metrics lives on its own listener (metrics.listen), on the
+                # compose network only: never a port published for clients.
+                assert port == metrics_port, job["job_name"]
+                assert not main["services"][service].get("ports"), service
+                continue
+            assert port == listen_port(service, main["services"][service]), job["job_name"]
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.values()), ids=lambda p: p.name)
+def test_prometheus_scrapes_every_proxy_replica(main: dict, config: Path) -> None:
+    [job] = [j for j in load_yaml(config)["scrape_configs"] if j["job_name"] == "ollama-proxy"]
+    assert sorted(host for host, _ in scrape_targets(job)) == sorted(PROXY_REPLICAS)
 
 
 def test_alertmanager_webhook_and_grafana_datasource_reach_their_services(main: dict) -> None:
@@ -388,7 +438,14 @@ def test_alertmanager_webhook_and_grafana_datasource_reach_their_services(main: 
     [datasource] = load_yaml(PROVISIONING / "grafana" / "datasources" / "prometheus.yml")["datasources"]
     for url in (webhook["url"], datasource["url"]):
         parts = urlsplit(url)
-        assert parts.port == listen_port(parts.hostname, main["services"][parts.hostname]), url
+        service = service_answering(main, parts.hostname)
+        assert parts.port == listen_port(service, main["services"][service]), url
+
+
+def test_alertmanagers_webhook_goes_through_the_lb(main: dict) -> None:
+    """Any replica can take a rollback (Redis shares it); through the LB the webhook still
+    lands while one replica is down or restarting."""
+    assert service_answering(main, urlsplit(rollback_webhook()["url"]).hostname) == "lb"
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_the_generated_dashboards(main: dict) -> None:
@@ -400,25 +457,73 @@ def test_grafana_is_provisioned_with_the_datasource_and_the_generated_dashboards
     assert found["/var/lib/grafana"] == "grafana-data"
 
 
-def test_proxy_reads_the_example_config_and_keeps_state_on_a_volume(main: dict) -> None:
-    proxy = main["services"]["proxy"]
-    found = mounts(proxy)
-    config_path = command_option(proxy, "--config")
-    assert host_path(proxy, config_path) == PROXY_CONFIG
+def test_proxy_replicas_read_the_example_config(main: dict) -> None:
     # The mounted directory is the config's own: nothing else of compose/ (secrets/!)
     # becomes visible in the container.
     assert [p.name for p in PROXY_CONFIG.parent.iterdir()] == [PROXY_CONFIG.name]
     config = load_yaml(PROXY_CONFIG)
-    assert found[str(Path(config["state_file"]).parent)] == "proxy-state"
-    assert config["upstream"] == command_option(proxy, "--upstream")
+    for name in PROXY_REPLICAS:
+        proxy = main["services"][name]
+        assert host_path(proxy, command_option(proxy, "--config")) == PROXY_CONFIG, name
+        assert config["upstream"] == command_option(proxy, "--upstream"), name
     assert urlsplit(config["alertmanager_url"]).port == IMAGE_PORTS["alertmanager"]
     for name, route in config["routes"].items():
         assert 0 <= route["canary_weight"] <= 100, name
-    # The image creates the state directory owned by its non-root user, so the fresh
-    # named volume mounted there is writable by the proxy.
+
+
+def test_replicas_share_their_state_through_redis_not_a_state_file(main: dict) -> None:
+    config = load_yaml(PROXY_CONFIG)
+    assert "state_file" not in config  # the proxy refuses `state` and `state_file` together
+    url = urlsplit(config["state"]["url"])
+    assert url.scheme == "redis"
+    assert url.hostname == "redis" and url.port == listen_port("redis", main["services"]["redis"])
+    for name in PROXY_REPLICAS:
+        # Started only once Redis answers: else a replica routes with the config's weights
+        # instead of the rollbacks Redis holds.
+        assert main["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_each_replica_keeps_its_journal_on_a_volume_of_its_own(main: dict) -> None:
+    """Two replicas appending to and truncating one journal file would lose each other's
+    rollbacks; each journal must also survive its container (a named volume)."""
+    journal_dir = str(Path(load_yaml(PROXY_CONFIG)["state"]["journal"]).parent)
+    volumes = [mounts(main["services"][name])[journal_dir] for name in PROXY_REPLICAS]
+    assert all(v in main["volumes"] for v in volumes), volumes
+    assert len(set(volumes)) == len(volumes), volumes
+    # The image creates that directory owned by its non-root user, so a fresh named
+    # volume mounted there is writable by the proxy.
     dockerfile = DOCKERFILE.read_text()
-    assert f"chown sidecar {Path(config['state_file']).parent}" in dockerfile
+    assert f"chown sidecar {journal_dir}" in dockerfile
     assert re.search(r"^USER\s+(?!root|0\b)\S+", dockerfile, re.MULTILINE)
+
+
+def test_the_single_proxys_state_file_is_imported_read_only_by_every_replica(main: dict) -> None:
+    """Whichever replica starts first against an empty Redis imports the state file the
+    single proxy kept on `proxy-state`, so a rollback made before the upgrade holds."""
+    source = Path(load_yaml(PROXY_CONFIG)["state"]["import_from"])
+    assert source.name == "state.json"
+    for name in PROXY_REPLICAS:
+        entries = {interpolate(e).split(":")[1]: interpolate(e) for e in main["services"][name]["volumes"]}
+        entry = entries[str(source.parent)]
+        assert entry.split(":")[0] == "proxy-state" and entry.endswith(":ro"), (name, entry)
+
+
+def test_the_two_replicas_differ_only_in_their_name_and_journal_volume(main: dict) -> None:
+    first, second = (dict(main["services"][name]) for name in PROXY_REPLICAS)
+    assert (first.pop("hostname"), second.pop("hostname")) == PROXY_REPLICAS
+    journal_dir = str(Path(load_yaml(PROXY_CONFIG)["state"]["journal"]).parent)
+    for service in (first, second):
+        service["volumes"] = [v for v in service["volumes"] if v.split(":")[1] != journal_dir]
+    assert first == second
+
+
+def test_redis_persists_on_a_volume_with_its_append_only_file(main: dict) -> None:
+    redis = main["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert mounts(redis)["/data"] == "redis-data"  # the official image's working directory
+    assert not redis.get("ports")
 
 
 def test_ollama_models_and_alertmanager_silences_live_on_named_volumes(main: dict) -> None:
@@ -455,6 +560,116 @@ def test_init_secrets_fails_rather_than_write_a_weak_secret(tmp_path: Path) -> N
     assert not (script.parent / "secrets" / "admin_token").exists()
 
 
+# --- The load balancer (compose/lb/nginx.conf) -----------------------------------------
+
+
+def lb_config() -> str:
+    """nginx.conf without its comments."""
+    return re.sub(r"#[^\n]*", "", LB_CONFIG.read_text())
+
+
+def nginx_maps(text: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """`map $source $target { key value; … }` as target → (source, {key: value})."""
+    found = {}
+    for source, target, body in re.findall(r"\bmap\s+(\$\w+)\s+(\$\w+)\s*\{([^}]*)\}", text):
+        entries = dict(re.findall(r'("[^"]*"|\S+)\s+(\S+);', body))
+        found[target] = (source, {k.strip('"'): v for k, v in entries.items()})
+    return found
+
+
+def evaluate(variable: str, maps: dict[str, tuple[str, dict[str, str]]], request: dict[str, str]) -> str:
+    """A variable's value for a request, as nginx's `map`s compute it (exact keys only)."""
+    if variable not in maps:
+        return request.get(variable, "")
+    source, entries = maps[variable]
+    value = evaluate(source, maps, request)
+    result = entries.get(value, entries["default"])
+    return evaluate(result, maps, request) if result.startswith("$") else result
+
+
+def upstream_block(text: str) -> tuple[str, str]:
+    [(name, body)] = re.findall(r"\bupstream\s+(\w+)\s*\{([^}]*)\}", text)
+    return name, body
+
+
+def directive(text: str, name: str) -> list[str]:
+    """Every value of a directive (`name value…;`), in order."""
+    return [value.strip() for value in re.findall(rf"(?:^|[;{{}}\s]){name}\s+([^;]*);", text)]
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"$http_x_session_id": "s-1", "$http_x_user_id": "u-1"}, "s-1"),
+    ({"$http_x_session_id": "s-1"}, "s-1"),
+    ({"$http_x_user_id": "u-1"}, "u-1"),
+    ({}, "10.0.0.9"),
+])
+def test_the_lb_hashes_on_the_session_then_the_user_then_the_client_address(headers: dict[str, str],
+                                                                          expected: str) -> None:
+    """The proxy's own first session sources, in its order: a session stays on one replica."""
+    text = lb_config()
+    _, upstream = upstream_block(text)
+    [hash_key] = directive(upstream, "hash")
+    assert hash_key.split() == ["$sticky_key", "consistent"]
+    request = {"$remote_addr": "10.0.0.9", **headers}
+    assert evaluate("$sticky_key", nginx_maps(text), request) == expected
+    from proxy.config import DEFAULT_SESSION_SOURCES
+    assert DEFAULT_SESSION_SOURCES[:2] == ("header:X-Session-ID", "header:X-User-ID")
+
+
+def test_the_lb_sends_to_every_replica_by_its_own_name(main: dict) -> None:
+    """Consistent hashing places a server by its name: one name per replica (not one
+    name resolving to all), each re-resolved as compose recreates containers."""
+    text = LB_CONFIG.read_text()
+    block = re.search(r"# replicas:begin\n(.*?)# replicas:end", text, re.DOTALL)
+    assert block, "the replicas:begin/end markers tests/test_scaled_topology.py renders"
+    servers = [line.split() for line in directive(block.group(1), "server")]
+    expected = [f"{name}:{listen_port(name, main['services'][name])}" for name in PROXY_REPLICAS]
+    assert [s[0] for s in servers] == expected
+    assert all("resolve" in s[1:] for s in servers)
+    assert directive(lb_config(), "resolver")[0].split()[0] == "127.0.0.11"  # Docker's embedded DNS
+    name, upstream = upstream_block(lb_config())
+    assert directive(upstream, "zone")[0].split()[0] == name  # `resolve` needs a shared zone
+    assert directive(lb_config(), "proxy_pass") == [f"http://{name}"]
+    # Re-resolving servers needs nginx 1.27.3 or newer.
+    version = main["services"]["lb"]["image"].split(":")[1].split("-")[0]
+    assert tuple(int(n) for n in version.split(".")) >= (1, 27, 3)
+
+
+def test_the_lb_streams_and_outwaits_the_proxy() -> None:
+    """Replies token by token, HTTP/1.1 keep-alive to the replicas, and no timeout that
+    cuts what the proxy itself still waits for (a model load, a slow stream)."""
+    from proxy.config import parse_config
+    defaults = parse_config({}, environ={})
+    text = lb_config()
+    assert directive(text, "proxy_buffering") == ["off"]
+    assert directive(text, "proxy_request_buffering") == ["off"]
+    assert directive(text, "proxy_http_version") == ["1.1"]
+    assert directive(text, "proxy_set_header").count('Connection ""') == 1
+    for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
+        [value] = directive(text, timeout)
+        assert int(value.removesuffix("s")) >= max(defaults.timeouts.first_byte, defaults.timeouts.idle), timeout
+    [body] = directive(text, "client_max_body_size")
+    assert int(body.removesuffix("m")) * 1024 * 1024 == defaults.max_body_bytes == PROXY_MAX_BODY_BYTES
+
+
+def test_the_lb_passes_authorization_and_the_session_headers_through() -> None:
+    """API keys, the admin token and the sticky headers reach the replica as sent."""
+    text = lb_config()
+    assert directive(text, "proxy_pass_request_headers") in ([], ["on"])
+    set_headers = [value.split()[0].lower() for value in directive(text, "proxy_set_header")]
+    assert not {"authorization", "x-session-id", "x-user-id"} & set(set_headers)
+    assert not directive(text, "proxy_hide_header") and not directive(text, "underscores_in_headers")
+
+
+def test_the_lb_answers_as_the_proxy_and_waits_for_streams_on_stop(main: dict) -> None:
+    lb = main["services"]["lb"]
+    assert "proxy" in lb["networks"]["default"]["aliases"]
+    # nginx stops gracefully (the image's SIGQUIT): in-flight generations get the
+    # replicas' own grace period.
+    assert lb["stop_grace_period"] == main["services"]["proxy-1"]["stop_grace_period"]
+    assert set(lb["depends_on"]) == set(PROXY_REPLICAS)
+
+
 # --- Reloads read the files on disk: directories, not single files ---------------------
 
 
@@ -469,8 +684,8 @@ def test_no_config_is_bind_mounted_as_a_single_file(main: dict, cpu_merged: dict
             assert source.is_dir(), f"{name}: {source} is bind-mounted at {target} as a single file"
 
 
-@pytest.mark.parametrize(("name", "option"), [("proxy", "--config"), ("prometheus", "--config.file"),
-                                              ("alertmanager", "--config.file")])
+@pytest.mark.parametrize(("name", "option"), [("proxy-1", "--config"), ("proxy-2", "--config"), ("lb", "-c"),
+                                              ("prometheus", "--config.file"), ("alertmanager", "--config.file")])
 def test_reloadable_configs_are_read_through_their_mounted_directory(main: dict, name: str, option: str) -> None:
     service = main["services"][name]
     command = service["command"]
@@ -502,7 +717,7 @@ def test_receivers_check_reads_the_file_alertmanager_loads(main: dict) -> None:
     assert host_path(check, check["command"][0]) == host_path(alertmanager, config)
     assert check["entrypoint"][0] == "python"  # the sidecar image's: PyYAML is a dependency
     assert host_path(check, check["entrypoint"][1]) == COMPOSE_DIR / "receivers-check" / "receivers_check.py"
-    assert check["image"] == main["services"]["proxy"]["image"]
+    assert check["image"] == main["services"]["proxy-1"]["image"]
     assert main["services"]["alertmanager"]["depends_on"]["receivers-check"]["condition"] == \
         "service_completed_successfully"
 

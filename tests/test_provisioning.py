@@ -35,13 +35,17 @@ DATASOURCE_YML = PROVISIONING / "grafana" / "datasources" / "prometheus.yml"
 PROVIDER_YML = PROVISIONING / "grafana" / "dashboard-providers" / "ollama-sidecar.yml"
 
 # The team's fixed facts (BRIEF.md): job names the alert rules select on, and where each
-# job finds its target on the compose network.
+# job finds its targets on the compose network.
 EXPECTED_TARGETS = {
-    "ollama-proxy": "proxy:9102",  # the proxy's metrics listener, not published
     "ollama-exporter": "exporter:9101",
     "prometheus": "localhost:9090",
     "alertmanager": "alertmanager:9093",
 }
+# The proxy replicas, found by their names in Docker's DNS, on their metrics listener (not
+# published). tests/test_compose.py checks these are the compose services and port.
+PROXY_JOB = MONITORING.proxy_job
+PROXY_REPLICAS = ["proxy-1", "proxy-2"]
+PROXY_METRICS_PORT = 9102
 # Pinned here as a literal on purpose: the provisioned files and the monitoring config
 # (proxy/monitoring.py, which renders dashboards and rules) must both say it.
 DATASOURCE_UID = "ollama-sidecar-prometheus"
@@ -65,6 +69,34 @@ def receiver(config: dict, name: str) -> dict:
     return found
 
 
+def discovery(job: dict) -> dict[str, list]:
+    """How the job finds its targets: every ``static_configs`` / ``*_sd_configs`` key."""
+    return {k: v for k, v in job.items() if k == "static_configs" or k.endswith("_sd_configs")}
+
+
+def relabel_constants(job: dict) -> dict[str, str]:
+    """Labels the job's relabel_configs set to a constant (no source label)."""
+    return {r["target_label"]: r["replacement"] for r in job.get("relabel_configs", [])
+            if "source_labels" not in r and r.get("action", "replace") == "replace"}
+
+
+def target_host(job: dict) -> str | None:
+    """The `host` label the job's targets get: static `labels`, or a constant relabel."""
+    static = discovery(job).get("static_configs", [{}])[0].get("labels", {})
+    return static.get("host") or relabel_constants(job).get("host")
+
+
+def relabel(rule: dict, labels: dict[str, str]) -> dict[str, str]:
+    """One `replace` relabel rule as Prometheus applies it: an anchored regex over the
+    source labels joined by `;`, and `${1}`/`$1` in the replacement (Python's `\\g<1>`)."""
+    value = rule.get("separator", ";").join(labels.get(name, "") for name in rule.get("source_labels", []))
+    match = re.fullmatch(rule.get("regex", "(.*)"), value)
+    if match is None:
+        return labels
+    replacement = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", rule.get("replacement", "$1"))
+    return {**labels, rule["target_label"]: match.expand(replacement)}
+
+
 def duration_seconds(text: str) -> float:
     """Prometheus-style duration ('5s', '1m30s') in seconds."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -86,22 +118,52 @@ def test_promtool_accepts_prometheus_config(config: Path) -> None:
 
 
 @pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
-def test_each_job_has_one_static_config_with_its_compose_target(config: Path) -> None:
+def test_each_job_has_one_discovery_config_with_its_compose_targets(config: Path) -> None:
+    """One way to find targets per job, so the demo, the e2e test and the scaled topology
+    test can replace it wholesale by job name (proxy/commands/stack.py's point_job_at)."""
     jobs = {job["job_name"]: job for job in load(config)["scrape_configs"]}
-    assert set(jobs) == set(EXPECTED_TARGETS)
+    assert set(jobs) == set(EXPECTED_TARGETS) | {PROXY_JOB}
     for name, job in jobs.items():
-        # One static_config per job: the demo and e2e tests rewrite targets by job name.
-        assert len(job["static_configs"]) == 1, name
-        assert job["static_configs"][0]["targets"] == [EXPECTED_TARGETS[name]], name
+        found = discovery(job)
+        assert len(found) == 1 and len(next(iter(found.values()))) == 1, (name, found)
+        if name == PROXY_JOB:
+            continue
+        assert found["static_configs"][0]["targets"] == [EXPECTED_TARGETS[name]], name
+
+
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_every_proxy_replica_is_discovered_by_its_name_in_dns(config: Path) -> None:
+    """Both replicas, each by the name of its compose service (A records of Docker's DNS),
+    on the metrics port: one name per replica, so `instance` can name the replica."""
+    [job] = [j for j in load(config)["scrape_configs"] if j["job_name"] == PROXY_JOB]
+    [dns] = discovery(job)["dns_sd_configs"]
+    assert dns["names"] == PROXY_REPLICAS
+    assert dns["type"] == "A"
+    assert dns["port"] == PROXY_METRICS_PORT
+
+
+@pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
+def test_a_replicas_instance_label_is_its_name_not_its_container_address(config: Path) -> None:
+    """Compose gives a recreated container a new address: an `instance` made of it would
+    start new series and name no replica in alerts. Targets found otherwise (the demo's
+    static ones, the topology test's file) keep their address."""
+    [job] = [j for j in load(config)["scrape_configs"] if j["job_name"] == PROXY_JOB]
+    for address, dns_name, expected in [("172.18.0.7:9102", "proxy-2", "proxy-2:9102"),
+                                        ("127.0.0.1:40123", None, "127.0.0.1:40123")]:
+        labels = {"__address__": address, "instance": address, **({"__meta_dns_name": dns_name} if dns_name else {})}
+        for rule in job["relabel_configs"]:
+            labels = relabel(rule, labels)
+        assert labels["instance"] == expected
+        assert labels["host"] == HOST
 
 
 @pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
 def test_every_target_carries_the_static_host_label_of_its_machine(config: Path) -> None:
     """Alertmanager's inhibitions match on `host` (equal: [host]), and the exporter's and
-    the proxy's series join on it: a static label per target, the same for the proxy and
-    the exporter in front of one Ollama (compose runs everything on one machine)."""
-    hosts = {job["job_name"]: job["static_configs"][0].get("labels", {}).get("host")
-             for job in load(config)["scrape_configs"]}
+    the proxy's series join on it: one constant label per target (static `labels`, or a
+    relabel rule where DNS finds the targets), the same for the proxy and the exporter in
+    front of one Ollama (compose runs everything on one machine)."""
+    hosts = {job["job_name"]: target_host(job) for job in load(config)["scrape_configs"]}
     assert all(hosts.values()), hosts
     assert hosts[MONITORING.proxy_job] == hosts[MONITORING.exporter_job]
     assert set(hosts.values()) == {HOST}

@@ -36,6 +36,24 @@ CANARY_MODEL = "qwen3:8b-ft"
 ROUTE = "chat"
 
 
+def replace_discovery(job: dict[str, Any], kind: str, configs: list[dict[str, Any]]) -> None:
+    """Make ``configs`` (of ``kind``: ``static_configs``, ``file_sd_configs`` …) the only way
+    a scrape job of the shipped Prometheus config finds its targets. The shipped jobs find
+    theirs in different ways (static targets; DNS for the proxy replicas), so a job is
+    re-pointed by replacing its discovery wholesale, never by editing one field of it; its
+    relabel_configs (the proxy's `host` label) stay and apply to the new targets."""
+    for key in [k for k in job if k == "static_configs" or k.endswith("_sd_configs")]:
+        del job[key]
+    job[kind] = configs
+
+
+def point_job_at(job: dict[str, Any], targets: list[str]) -> None:
+    """Scrape ``targets`` for this shipped job, with the static labels (``host``) the shipped
+    config gives its targets: alerts and inhibitions match on them."""
+    labels = {k: v for static in job.get("static_configs", []) for k, v in static.get("labels", {}).items()}
+    replace_discovery(job, "static_configs", [{"targets": targets, **({"labels": labels} if labels else {})}])
+
+
 def find_alertmanager() -> str | None:
     return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
@@ -149,7 +167,7 @@ class LocalStack:
         targets = {MONITORING.proxy_job: "proxy", MONITORING.exporter_job: "exporter",
                    "prometheus": "prometheus", "alertmanager": "alertmanager"}
         for job in shipped["scrape_configs"]:
-            job["static_configs"][0]["targets"] = [f"127.0.0.1:{self.ports[targets[job['job_name']]]}"]
+            point_job_at(job, [f"127.0.0.1:{self.ports[targets[job['job_name']]]}"])
         return shipped
 
     def alertmanager_config(self) -> dict[str, Any]:

@@ -258,11 +258,13 @@ class Replica:
         source = self.cfg.import_from
         if source:
             data, problem = StateFile(source).load(validate_state)
-            if problem is None:
+            if problem is None and data:
                 self.plane.adopt_saved(data)
                 log.warning("shared state: imported %s into Redis (first start on prefix %r)", source,
                             self.cfg.key_prefix)
-            await self.store.mark_imported(source, self.clock())
+                await self.store.mark_imported(source, self.clock())
+            elif problem is None:
+                log.info("shared state: nothing to import from %s (no such file); starting from the config", source)
         self.revs = {name: 0 for name in self.plane.routes.routes}
         records = {name: (0, self.plane.route_record(name)) for name in self.plane.routes.routes}
         alerts = [(key, self.clock()) for key in self.plane.acted_alerts]
