@@ -2,8 +2,9 @@
 
 Only the canary alerts (:data:`ROLLBACK_ALERTS`) carry ``action="rollback"``: the proxy's
 Alertmanager webhook rolls a route back when one of them fires. Every other alert is for
-humans, including :data:`ROUTE_ROLLED_BACK`, which says that automation acted, and the
-replica alerts (a replica without Redis, a rollout lease held by none or by several).
+humans, including :data:`ROUTE_ROLLED_BACK`, which says that automation acted, the
+replica alerts (a replica without Redis, a rollout lease held by none or by several) and
+:data:`TENANT_AT_LIMIT` (a tenant refused by its limits for a while).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ ROLLOUT_FAILED = "OllamaRolloutFailed"
 STATE_BACKEND_DOWN = "OllamaStateBackendDown"
 ROLLOUT_LEADER_MISSING = "OllamaRolloutLeaderMissing"
 ROLLOUT_LEADER_SPLIT = "OllamaRolloutLeaderSplit"
+TENANT_AT_LIMIT = "OllamaTenantAtLimit"
 
 # Clock-event reasons that mean heat or hardware holds the clocks down (not the power cap a
 # busy GPU sits at, nor idle).
@@ -255,6 +257,27 @@ def _replica_alerts(p: Profile, proxy: str, u: DashboardUids) -> list[Alert]:
     ]
 
 
+def _tenant_at_limit(p: Profile, proxy: str, u: DashboardUids) -> Alert:
+    """A tenant refused by one of its limits (auth.tenants) again and again: at least one
+    refusal in every window for ``tenant_limited_for``. A warning for people: the tenant's
+    users get 429 and Retry-After, nothing else suffers, and it may be exactly what the limit
+    is for. Refusals are summed over replicas; each configured limit's counter starts at 0, so
+    the first refusal counts."""
+    return Alert(
+        TENANT_AT_LIMIT,
+        f"sum by (tenant, limit) (increase({pm.TENANT_LIMITED.name}{{{proxy}}}[{p.window}])) > 0",
+        p.tenant_limited_for, "warning",
+        "Tenant {{ $labels.tenant }} is refused by its {{ $labels.limit }} limit",
+        f"For {p.tenant_limited_for} the proxy has kept refusing requests of tenant {{{{ $labels.tenant }}}} "
+        f"(at least one in every {p.window}) because its {{{{ $labels.limit }}}} limit is reached "
+        f"(auth.tenants.{{{{ $labels.tenant }}}}.limits.{{{{ $labels.limit }}}}): "
+        f'{{{{ $value | printf "%.0f" }}}} refused in the last {p.window}. The tenant\'s users get 429 with '
+        "Retry-After and none of these requests reached Ollama; other tenants are unharmed. Raise the limit or "
+        "talk to the team (a runaway batch job?).",
+        u.tenants, ("tenant",),
+    )
+
+
 def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
     """Every alert of profile ``p``, sorted by name (stable output). Every proxy and
     exporter series is selected on its scrape job (``config``)."""
@@ -434,6 +457,7 @@ def alert_rules(p: Profile, config: MonitoringConfig = DEFAULT) -> list[dict]:
             u.rollout, ("route",),
         ),
         *_replica_alerts(p, proxy, u),
+        _tenant_at_limit(p, proxy, u),
     ]
     return [dataclasses.replace(a, runbook_base=config.runbook_base).rule()
             for a in sorted(alerts, key=lambda a: a.name)]

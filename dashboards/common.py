@@ -67,10 +67,10 @@ def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
     )
 
 
-def _targets(queries: list[tuple[str, str]] | tuple[str, str]) -> list[g.Target]:
+def _targets(queries: list[tuple[str, str]] | tuple[str, str], *, instant: bool = False) -> list[g.Target]:
     if isinstance(queries, tuple):
         queries = [queries]
-    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
+    return [target(expr, legend, chr(ord("A") + i), instant=instant) for i, (expr, legend) in enumerate(queries)]
 
 
 def timeseries(title: str, queries, unit: str, *, description: str = "",
@@ -114,6 +114,26 @@ def gauge(title: str, queries, unit: str, steps: list[dict], *, min_: float = 0,
         calc="lastNotNull",
         # grafanalib puts these under fieldConfig; Grafana reads them from options.
         extraJson=extra,
+    )
+
+
+def bar_gauge(title: str, queries, unit: str, steps: list[dict], *, min_: float = 0, max_: float = 1,
+              description: str = "", instant: bool = True) -> g.GaugePanel:
+    """One horizontal bar per series (a tenant, a tenant's limit), coloured by ``steps``.
+
+    grafanalib's own BarGauge writes Grafana 6's JSON (``options.fieldOptions``); this is its
+    GaugePanel written as the ``bargauge`` plugin, whose 11.2.0 options :mod:`dashboards.render`
+    fills in. ``instant``: one value per series at the end of the range (what "now" or an
+    ``increase(…[$__range])`` means), not the last point of a range query.
+    """
+    return g.GaugePanel(
+        title=title, description=description or None, dataSource=DATASOURCE, maxDataPoints=MAX_DATA_POINTS,
+        targets=_targets(queries, instant=instant), format=unit, thresholds=steps, min=min_, max=max_,
+        calc="lastNotNull",
+        extraJson={"type": "bargauge",
+                   "fieldConfig": {"defaults": {"color": {"mode": "thresholds"}}},
+                   "options": {"displayMode": "basic", "orientation": "horizontal",
+                               "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}},
     )
 
 
@@ -255,6 +275,16 @@ def ratio(numerator: str, denominator: str) -> str:
     happened: no failure, no overflow) counts as 0 for every series of the denominator.
     With no traffic at all the ratio stays empty: 0/0 is not 0 %."""
     return f"(\n  {numerator}\n  or\n  0 * {denominator}\n)\n/\n{denominator}"
+
+
+def in_range(metric: str, matchers: str, by: str = "") -> str:
+    """What a counter counted over the dashboard's range, summed: ``increase(…[$__range])``
+    for the series that existed when the range began, and the whole value of those born
+    inside it (a tenant's first request of a model creates its series at that request's
+    tokens or seconds, and increase() cannot see a series' first increment)."""
+    x = f"{metric}{{{matchers}}}"
+    agg = f"sum by ({by})" if by else "sum"
+    return f"{agg} ((increase({x}[$__range]) and {x} offset $__range) or {x})"
 
 
 def quantile(q: float, histogram: str, matchers: str, by: str = "") -> str:

@@ -34,7 +34,7 @@ from typing import Any
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
-from dashboards import gpus, overview, rollout, sessions
+from dashboards import gpus, overview, rollout, sessions, tenants
 from proxy.monitoring import DEFAULT, MonitoringConfig
 
 DASHBOARD_DIR = "provisioning/grafana/dashboards"
@@ -44,6 +44,7 @@ BUILDERS = {
     "rollout": rollout.build,
     "ollama-gpus": gpus.build,
     "sessions": sessions.build,
+    "tenants": tenants.build,
 }
 
 GRAFANA_VERSION = "11.2.0"  # compose/docker-compose.yml: grafana/grafana:11.2.0
@@ -89,6 +90,11 @@ PLUGIN_OPTIONS: dict[str, dict[str, Any]] = {
              "wideLayout": True},
     "gauge": {"minVizHeight": 75, "minVizWidth": 75, "orientation": "auto", "showThresholdLabels": False,
               "showThresholdMarkers": True, "sizing": "auto"},
+    # bargauge: 11.2.0's panelcfg (its legend and textMode came in later versions); orientation
+    # and reduceOptions are SingleStatBaseOptions', which every panel sets itself.
+    "bargauge": {"displayMode": "gradient", "maxVizHeight": 300, "minVizHeight": 16, "minVizWidth": 8,
+                 "namePlacement": "auto", "orientation": "auto", "showUnfilled": True, "sizing": "auto",
+                 "valueMode": "color"},
     "table": {"cellHeight": "sm", "footer": {"countRows": False, "reducer": [], "show": False},
               "frameIndex": 0, "showHeader": True, "showTypeIcons": False},
     "timeseries": {},

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("proxy.commands.rollout_ctl", "progressive rollout: start|status|pause|resume|promote|abort"),
     "session-label": ("proxy.commands.ctl", "the session label a running proxy gives a session or user id"),
     "report": ("proxy.commands.report", "A/B report of a route's canary against stable from Prometheus"),
+    "usage": ("proxy.commands.usage", "per-tenant requests, tokens and GPU time, from the proxy or Prometheus"),
     "simulate": ("proxy.simulator.server", "run an Ollama API simulator (no GPU needed)"),
     "demo": ("proxy.commands.demo", "the whole closed loop on this machine: canary goes bad, rollback"),
 }

@@ -137,6 +137,11 @@ class Profile:
     ttft_p95_seconds: float
     ttft_for: str
 
+    # Tenants (auth.tenants): how long a tenant's requests have been refused by one of its
+    # limits before a human hears of it. Longer than the profile's window, so a burst of
+    # refusals (a retry storm, a batch job's first minute) does not fire it.
+    tenant_limited_for: str
+
 
 PRODUCTION = Profile(
     name="production",
@@ -172,6 +177,7 @@ PRODUCTION = Profile(
     error_for="5m",
     ttft_p95_seconds=10,
     ttft_for="10m",
+    tenant_limited_for="15m",
 )
 
 FAST = Profile(
@@ -214,6 +220,7 @@ FAST = Profile(
     error_for="3s",
     ttft_p95_seconds=2,
     ttft_for="3s",
+    tenant_limited_for="20s",  # twice the 10 s window: a few seconds of refusals stay silent
 )
 
 
@@ -232,6 +239,7 @@ class DashboardUids:
     rollout: str = "ollama-sidecar-rollout"
     gpus: str = "ollama-sidecar-gpus"
     sessions: str = "ollama-sidecar-sessions"
+    tenants: str = "ollama-sidecar-tenants"
 
     @property
     def all(self) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
-"""The four provisioned dashboards: modern panels only, units everywhere, the pinned
-datasource everywhere, stable uids, the JSON of the Grafana compose pins (no migration to
-run), every variable honoured where it is shown, and the panels issue 5 promises on-call."""
+"""The provisioned dashboards: modern panels only, units everywhere, the pinned datasource
+everywhere, stable uids, the JSON of the Grafana compose pins (no migration to run), every
+variable honoured where it is shown, the panels issue 5 promises on-call, and the Tenants
+dashboard of issue 18."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "provisioning/grafana/dashboards"
 DASHBOARDS = load_dashboards(DIR)
 UIDS = DEFAULT.dashboard_uids
-ALLOWED_TYPES = {"row", "timeseries", "stat", "gauge", "table"}
+ALLOWED_TYPES = {"row", "timeseries", "stat", "gauge", "bargauge", "table"}
 ANGULAR_TYPES = {"graph", "singlestat", "table-old", "grafana-piechart-panel"}
 
 
@@ -39,7 +40,7 @@ def _exprs(dash: dict) -> str:
                      + [a["expr"] for a in dash["annotations"]["list"]])
 
 
-def test_the_four_dashboards_are_provisioned_with_stable_uids():
+def test_every_dashboard_is_provisioned_with_its_stable_uid():
     assert sorted(d["uid"] for d in DASHBOARDS.values()) == sorted(UIDS.all)
     assert all(len(u) <= 40 for u in UIDS.all)  # Grafana's limit
 
@@ -86,6 +87,7 @@ VARIABLES = {
     UIDS.rollout: ["datasource", "route"],
     UIDS.gpus: ["datasource", "exporter", "model"],
     UIDS.sessions: ["datasource", "instance", "route", "model"],
+    UIDS.tenants: ["datasource", "instance", "tenant"],
 }
 
 
@@ -490,3 +492,123 @@ def test_gpu_panels_say_there_is_no_gpu_rather_than_showing_zero():
         assert "no GPU" in p["fieldConfig"]["defaults"].get("noValue", ""), p["title"]
         assert not any(re.search(r"\bor\b|vector\(", e) for e in exprs), p["title"]
     assert gpu_panels == 10
+
+
+# --- Tenants (issue 18) ---------------------------------------------------------------------
+
+TENANT_COUNTERS = (pm.TENANT_REQUESTS, pm.TENANT_TOKENS, pm.TENANT_GPU_SECONDS, pm.TENANT_LIMITED)
+TENANT_GAUGES = (pm.TENANT_LIMIT, pm.TENANT_USAGE)
+
+
+def test_tenants_dashboard_shows_use_against_limits_refusals_traffic_tokens_gpu_and_who_used_it():
+    dash = _by_uid(UIDS.tenants)
+    panels = {p["title"]: p for p in _panels(dash)}
+    exprs = _exprs(dash)
+    for spec in (*TENANT_COUNTERS, *TENANT_GAUGES):
+        assert spec.name in exprs, spec.name
+    tenant = next(v for v in dash["templating"]["list"] if v["name"] == "tenant")
+    assert tenant["multi"] and tenant["includeAll"] and pm.TENANT_REQUESTS.name in tenant["query"]
+    for title in ("Requests/s per tenant", "Requests/s per tenant and model", "Tokens/s per tenant, prompt and completion",
+                  "GPU time per tenant (GPUs busy)", "Share of GPU time per tenant", "Share of GPU time in range",
+                  "Refused requests/s by tenant and limit", "Use against each limit now",
+                  "Use against each limit over time", "Error ratio per tenant", "Who used the GPU"):
+        assert title in panels, title
+    # use against the limits: a bar gauge per tenant and limit, orange at 80 %, red at 100 %
+    use = panels["Use against each limit now"]
+    assert use["type"] == "bargauge" and use["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert [s["value"] for s in use["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.8, 1]
+    assert "{{tenant}} {{limit}}" == use["targets"][0]["legendFormat"]
+    # the share of the GPU over the range, and over time: of every tenant's GPU time
+    for title in ("Share of GPU time in range", "Share of GPU time per tenant"):
+        numerator, denominator = panels[title]["targets"][0]["expr"].split("/ on () group_left")
+        assert "$tenant" in numerator and "$tenant" not in denominator, title
+    assert "[$__range]" in panels["Share of GPU time in range"]["targets"][0]["expr"]
+    # the range table: requests, prompt and completion tokens, GPU seconds, refused, per tenant
+    who = panels["Who used the GPU"]
+    assert who["type"] == "table" and all(t["instant"] for t in who["targets"])
+    columns = [c["options"]["renameByName"] for c in who["transformations"] if c["id"] == "organize"][0]
+    assert list(columns.values()) == ["Requests served", "Prompt tokens", "Completion tokens", "GPU seconds",
+                                      "GPU share", "Refused"]
+    assert all("sum by (tenant) ((increase(" in t["expr"] and "[$__range]" in t["expr"] for t in who["targets"])
+
+
+def test_tenant_counters_are_summed_over_replicas_and_the_shared_gauges_never():
+    """Counters are per replica: summed. The use gauges already hold every replica's figure
+    when the replicas share Redis (and the limit is one config every replica runs): their
+    max per tenant and limit, never a sum."""
+    checked = 0
+    for p in _panels(_by_uid(UIDS.tenants)):
+        for t in p["targets"]:
+            expr = t["expr"]
+            if any(spec.name in expr for spec in TENANT_COUNTERS):
+                assert re.match(r"[(\s]*sum\b", expr), (p["title"], expr)
+                checked += 1
+            for spec in TENANT_GAUGES:
+                for m in re.finditer(re.escape(spec.name) + r"\{", expr):
+                    assert expr[:m.start()].endswith("max by (tenant, limit) ("), (p["title"], expr)
+                    checked += 1
+    assert checked >= 15
+
+
+def test_tenant_panels_compute_shares_ranges_and_use_right(tmp_path):
+    """Two replicas sharing Redis, two tenants: the use against a limit and the use now
+    count the shared figure once; the range table and the GPU share count a series born
+    inside the range whole; a tenant without a limit or without tokens reads 0, not blank; a
+    tenant without errors has its 'no errors' line."""
+    from dashboards.tenants import NO_ERRORS
+
+    dash = _by_uid(UIDS.tenants)
+    panels = {p["title"]: p for p in _panels(dash)}
+
+    def grafana(expr: str) -> str:
+        return (expr.replace("$__rate_interval", "2m").replace("$__range", "5m")
+                .replace("$instance", ".*").replace("$tenant", ".*"))
+
+    def expr(title: str, i: int = 0) -> str:
+        return grafana(panels[title]["targets"][i]["expr"])
+
+    who = ["served", "prompt", "completion", "gpu_seconds", "gpu_share", "refused"]
+    exprs = {"use": expr("Use against each limit now"), "share_range": expr("Share of GPU time in range"),
+             "limit": expr("Configured limits and use now", 0), "use_now": expr("Configured limits and use now", 1),
+             "errors": expr("Error ratio per tenant"),
+             **{f"who_{name}": expr("Who used the GPU", i) for i, name in enumerate(who)}}
+    job = 'job="ollama-proxy"'
+    req, tokens, gpu = pm.TENANT_REQUESTS.name, pm.TENANT_TOKENS.name, pm.TENANT_GPU_SECONDS.name
+    limited, limit, usage = pm.TENANT_LIMITED.name, pm.TENANT_LIMIT.name, pm.TENANT_USAGE.name
+    rpm = 'limit="requests_per_minute"'
+
+    def series(name: str, labels: str, values: str) -> dict:
+        return {"series": f"{name}{{{job},{labels}}}", "values": values}
+
+    a_ok = 'tenant="a",route="chat",model="m1",error_type="none"'
+    _promtool_records(tmp_path, exprs, [(
+        [series(req, f'instance="p1",{a_ok}', "0+10x10"), series(req, f'instance="p2",{a_ok}', "0+10x10"),
+         series(req, 'instance="p1",tenant="a",route="none",model="none",error_type="rate_limited"', "0+2x10"),
+         series(req, 'instance="p1",tenant="b",route="chat",model="m1",error_type="none"', "0+1x10"),
+         series(req, 'instance="p1",tenant="b",route="chat",model="m1",error_type="bad_request"', "0+1x10"),
+         series(tokens, 'instance="p1",tenant="a",model="m1",kind="prompt"', "0+100x10"),
+         series(tokens, 'instance="p2",tenant="a",model="m1",kind="completion"', "0+20x10"),
+         series(gpu, 'instance="p1",tenant="a",model="m1"', "0+6x10"),
+         series(gpu, 'instance="p1",tenant="b",model="m1"', "_x8 10 20"),  # born inside the range
+         series(limited, f'instance="p1",tenant="a",{rpm}', "0+2x10"),
+         series(limited, f'instance="p2",tenant="a",{rpm}', "0x10"),
+         series(limit, f'instance="p1",tenant="a",{rpm}', "60x10"),
+         series(limit, f'instance="p2",tenant="a",{rpm}', "60x10"),
+         series(usage, f'instance="p1",tenant="a",{rpm}', "45x10"),  # every replica's, on each
+         series(usage, f'instance="p2",tenant="a",{rpm}', "45x10")],
+        [{"labels": 'use{tenant="a",limit="requests_per_minute"}', "value": 0.75},
+         {"labels": 'limit{tenant="a",limit="requests_per_minute"}', "value": 60},
+         {"labels": 'use_now{tenant="a",limit="requests_per_minute"}', "value": 45},
+         {"labels": 'share_range{tenant="a"}', "value": 0.6},
+         {"labels": 'share_range{tenant="b"}', "value": 0.4},
+         {"labels": f'errors{{tenant="a",error_type="{NO_ERRORS}"}}', "value": 0},
+         {"labels": 'errors{tenant="b",error_type="bad_request"}', "value": 0.5},
+         {"labels": 'who_served{tenant="a"}', "value": 100}, {"labels": 'who_served{tenant="b"}', "value": 10},
+         {"labels": 'who_prompt{tenant="a"}', "value": 500}, {"labels": 'who_prompt{tenant="b"}', "value": 0},
+         {"labels": 'who_completion{tenant="a"}', "value": 100},
+         {"labels": 'who_completion{tenant="b"}', "value": 0},
+         {"labels": 'who_gpu_seconds{tenant="a"}', "value": 30},
+         {"labels": 'who_gpu_seconds{tenant="b"}', "value": 20},
+         {"labels": 'who_gpu_share{tenant="a"}', "value": 0.6}, {"labels": 'who_gpu_share{tenant="b"}', "value": 0.4},
+         {"labels": 'who_refused{tenant="a"}', "value": 10}, {"labels": 'who_refused{tenant="b"}', "value": 0}],
+    )])

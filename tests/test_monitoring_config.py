@@ -31,7 +31,7 @@ OVERRIDES = {
     "datasource_uid": "team-prometheus",
     "refresh": "1m",
     "dashboard_uids": {"overview": "llm-overview", "rollout": "llm-rollout", "gpus": "llm-gpus",
-                       "sessions": "llm-sessions"},
+                       "sessions": "llm-sessions", "tenants": "llm-tenants"},
     "runbook_base": "https://wiki.example.com/llm-runbooks",
     "profiles": {"production": {"decisions": {"max_failure_ratio": 0.07}, "window": "10m", "gpu_temperature_celsius": 90},
                  "fast": {"down_for": "20s"}},

@@ -72,6 +72,20 @@ class FakeOllama:
             return Response(json.dumps({"model": model, "embeddings": [[0.1, 0.2]], "total_duration": 2 * NS,
                                         "load_duration": FINAL["load_duration"], "prompt_eval_count": 12}),
                             content_type="application/json")
+        elif path == "/api/embeddings":  # the legacy endpoint: a vector, no counts
+            return Response(json.dumps({"embedding": [0.1, 0.2]}), content_type="application/json")
+        elif path == "/v1/embeddings":
+            return Response(json.dumps({"object": "list", "model": model, "data": [
+                {"object": "embedding", "embedding": [0.1, 0.2], "index": 0}],
+                "usage": {"prompt_tokens": 12, "total_tokens": 12}}), content_type="application/json")
+        elif path == "/v1/completions":
+            if stream:
+                return Response(sse_chat(model, ["Hi", "!"], include_usage=True, prompt_tokens=12, kind="completion"),
+                                content_type="text/event-stream")
+            return Response(json.dumps({"id": "c1", "object": "text_completion", "model": model, "choices": [
+                {"index": 0, "text": "Hi!", "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}),
+                content_type="application/json")
         elif path == "/v1/chat/completions":
             if stream:
                 return Response(sse_chat(model, ["Hi", "!"], include_usage=True, prompt_tokens=12),
@@ -101,7 +115,8 @@ def httpserver():
 @pytest.fixture
 def fake(httpserver):
     ollama = FakeOllama()
-    for path in ("/api/chat", "/api/generate", "/api/embed", "/v1/chat/completions"):
+    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/v1/chat/completions",
+                 "/v1/completions", "/v1/embeddings"):
         httpserver.expect_request(path).respond_with_handler(ollama.handle)
     httpserver.expect_request("/api/version").respond_with_json({"version": "0.12.6"})
     return ollama
@@ -130,6 +145,10 @@ CALLS = [
     ("/api/generate", {"prompt": "q"}, 15, GPU_SECONDS),
     ("/api/generate", {"prompt": "q", "stream": False}, 15, GPU_SECONDS),
     ("/api/embed", {"input": "q"}, 12, 0.5),
+    ("/api/embeddings", {"prompt": "q"}, 0, 0.0),
+    ("/v1/completions", {"prompt": "q", "stream": True}, 14, 0.0),
+    ("/v1/completions", {"prompt": "q"}, 15, 0.0),
+    ("/v1/embeddings", {"input": "q"}, 12, 0.0),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}], "stream": True}, 14, 0.0),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}]}, 15, 0.0),
 ]
@@ -153,10 +172,13 @@ def test_every_instrumented_endpoint_is_attributed_to_its_tenant(httpserver, fak
         assert "sk-analytics-1" not in requests.get(f"{p.url}/metrics", timeout=5).text
 
 
-def test_the_old_api_keys_form_is_tenant_default_and_bad_keys_get_401(httpserver, fake):
-    with running_proxy({"upstream": httpserver.url_for("/").rstrip("/"), "access_log": False,
+def test_the_old_api_keys_form_is_tenant_default_and_bad_keys_get_401(httpserver, fake, caplog):
+    caplog.set_level("INFO", logger="ollama_sidecar.access")
+    with running_proxy({"upstream": httpserver.url_for("/").rstrip("/"), "access_log": True,
                         "auth": {"api_keys": ["old-key"]}}) as p:
         assert chat(p.url, "old-key").status_code == 200
+        wait_for(lambda: '"tenant": "default"' in caplog.text, 5, "the access log line with its tenant")
+        assert "old-key" not in caplog.text
         assert p.value("ollama_proxy_tenant_requests_total", tenant="default") == 1
         for headers in ({}, bearer("nope"), {"Authorization": "Basic b2xkLWtleQ=="}):
             resp = requests.post(f"{p.url}/api/chat", headers=headers, json={"model": "m"}, timeout=5)

@@ -11,7 +11,7 @@ const ajv = new Ajv({ allErrors: true, strict: false });
 ajv.removeKeyword('deprecated');
 ajv.addKeyword({ keyword: 'deprecated', validate: function v(dep) { v.errors = [{ message: 'deprecated: ' + dep }]; return false; }, errors: true });
 ajv.addSchema(schema, 'g');
-const byType = { timeseries: 'TimeSeriesPanel', stat: 'StatPanel', gauge: 'GaugePanel', table: 'TablePanel', row: 'Row' };
+const byType = { timeseries: 'TimeSeriesPanel', stat: 'StatPanel', gauge: 'GaugePanel', bargauge: 'BarGaugePanel', table: 'TablePanel', row: 'Row' };
 const v = (name) => ajv.getSchema('g#/definitions/' + name);
 
 let failures = 0;
@@ -37,7 +37,7 @@ for (const file of process.argv.slice(2)) {
     if (!t) { fail(`${where}: panel type not checked`); continue; }
     report(where, v(t), p);
     if (p.type !== 'row' && p.pluginVersion !== pluginVersion) fail(`${where}: pluginVersion ${p.pluginVersion} (Grafana runs the panel's migration unless it is ${pluginVersion})`);
-    if ((p.type === 'stat' || p.type === 'gauge') && p.fieldConfig.defaults.custom && Object.keys(p.fieldConfig.defaults.custom).length)
+    if ((p.type === 'stat' || p.type === 'gauge' || p.type === 'bargauge') && p.fieldConfig.defaults.custom && Object.keys(p.fieldConfig.defaults.custom).length)
       fail(`${where}: fieldConfig.defaults.custom set on a panel without custom field config`);
   }
   for (const x of d.templating.list) report(`${name} variable '${x.name}'`, v('Variable'), x);

@@ -150,7 +150,7 @@ class Forwarder:
                             tenant: str | None = None) -> web.StreamResponse:
         path = endpoint.name
         stats = ReplyStats()
-        rec = RequestRecord(path, start=start, stats=stats)
+        rec = RequestRecord(path, start=start, stats=stats, tenant=tenant)
         request_id = request_id_from(request.headers.get("X-Request-ID"))
         decision = Decision(NO_ROUTE, Arm.DIRECT, NO_MODEL, self.config.upstream, request_id=request_id)
         session_raw: str | None = None

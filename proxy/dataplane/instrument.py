@@ -58,6 +58,7 @@ class RequestRecord:
     upstream: str = NO_UPSTREAM  # the server that answered (its name in the config)
     chat: bool = False  # a chat request with messages (set by the quality signals)
     regenerated: bool = False  # the same turn asked again after a successful answer
+    tenant: str | None = None  # whose key made it (auth.tenants); never the key
 
 
 class BaseChildren:
@@ -235,4 +236,5 @@ class Recorder:
             "status": rec.status or 499, "error_type": rec.error_type, "duration": round(rec.duration, 6),
             "ttft": round(stats.first_content_at - rec.start, 6) if stats.first_content_at else None,
             "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "tenant": rec.tenant,
         }))

@@ -19,7 +19,7 @@ from typing import Callable
 from proxy.common.bearer import bearer_token
 from proxy.config import ProxyConfig, TenantConfig
 from proxy.dataplane.instrument import RequestRecord
-from proxy.metrics import NO_MODEL, NO_ROUTE, ProxyMetrics, remove_series
+from proxy.metrics import NO_MODEL, NO_ROUTE, ErrorType, ProxyMetrics, remove_series
 from proxy.tenants.limits import LIMIT_NAMES, Refusal, Usage
 
 
@@ -42,9 +42,9 @@ class Tenants:
             usage = self.usage.get(name)
             if usage is None:
                 self.usage[name] = Usage(tenant.limits)
-                self._zero_series(tenant)
             else:
                 usage.limits = tenant.limits
+            self._zero_series(tenant)  # a limit added by a reload too
             for limit in LIMIT_NAMES:
                 value = getattr(tenant.limits, limit)
                 if value is None:
@@ -59,9 +59,15 @@ class Tenants:
                 remove_series(self.metrics.tenant_usage, gone, limit)
 
     def _zero_series(self, tenant: TenantConfig) -> None:
+        """Refusals start at 0 for every configured limit, so rate() and increase() (the
+        alert, `usage --prometheus`) see the first one."""
+        limited = False
         for limit in LIMIT_NAMES:
             if getattr(tenant.limits, limit) is not None:
                 self.metrics.tenant_limited.labels(tenant.name, limit)
+                limited = True
+        if limited:
+            self.metrics.tenant_requests.labels(tenant.name, NO_ROUTE, NO_MODEL, ErrorType.RATE_LIMITED)
 
     # --- the request path ---------------------------------------------------------------------
     def identify(self, authorization: str | None) -> str | None:
