@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from proxy.commands.demo import stack_options
-from proxy.commands.stack import ROUTE, LocalStack
+from proxy.commands.stack import DEMO_KEYS, ROUTE, LocalStack
 from proxy.commands.traffic import TrafficDriver
 from proxy import metrics as pm
 from proxy.monitoring import REQUESTS_RATE
@@ -38,7 +38,7 @@ RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval is at a 1 s scrape inte
 def grafana_expr(expr: str, range_seconds: int) -> str:
     """The query Grafana sends with every variable on "All"."""
     expr = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", f"{range_seconds}s")
-    return re.sub(r"\$\{?(instance|exporter|route|model)\}?", ".*", expr)
+    return re.sub(r"\$\{?(instance|exporter|route|model|tenant)\}?", ".*", expr)
 
 
 def has_a_sample(prometheus: str, expr: str, start: float, end: float, instant: bool) -> bool:
@@ -75,7 +75,7 @@ def test_every_panel_shows_something_during_the_demo(tmp_path):
     with LocalStack(stack_options(tmp_path, monitoring=True, preferred_ports=False)) as stack:
         prometheus = stack.url("prometheus")
         start = time.time()
-        traffic = TrafficDriver(stack.url("proxy"), ROUTE, workers=6, sessions=60, pause=0.02).start()
+        traffic = TrafficDriver(stack.url("proxy"), ROUTE, workers=6, sessions=60, pause=0.02, keys=DEMO_KEYS).start()
         try:
             wait_for(lambda: both_arms_seen(prometheus), 30, "Prometheus to see traffic on both arms")
             wait_for(lambda: sessions_expired_on_both_arms(prometheus), 30, "sessions to end on both arms")

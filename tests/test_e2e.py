@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from proxy.commands.stack import LocalStack, StackOptions
+from proxy.commands.stack import DEMO_KEYS, LocalStack, StackOptions
 from proxy.commands.traffic import TrafficDriver
 from tests.binaries import alertmanager_binary, require_binary
 from tests.conftest import wait_for
@@ -45,7 +45,7 @@ def proxy_metric(stack: LocalStack, name: str, **labels: str) -> float:
 def run_until_rollback(stack: LocalStack, timeout: float = 40.0):
     """Healthy traffic until Prometheus sees both arms, then break the canary; returns
     (traffic, fault time, rollback time, route state)."""
-    traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=60, pause=0.02).start()
+    traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=60, pause=0.02, keys=DEMO_KEYS).start()
     try:
         wait_for(lambda: prometheus_sees_both_arms(stack), 30, "Prometheus to see traffic on both arms")
         stack.break_canary(error_rate=0.6)
@@ -122,7 +122,7 @@ def test_a_rollout_analysed_on_prometheus_climbs_on_its_counts_and_holds_when_it
     rollout = {"steps": [10, 50], "interval": 3, "min_requests": 10, "stall_after": 600}
     options = StackOptions(workdir=tmp_path, canary_weight=0, rollout=rollout, rollout_on_prometheus=True)
     with LocalStack(options) as stack:
-        traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=400, pause=0.02).start()
+        traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=400, pause=0.02, keys=DEMO_KEYS).start()
         try:
             stack.rollout("", {})
             first = stack.rollout()
@@ -149,7 +149,7 @@ def test_a_canary_that_answers_worse_without_any_error_is_rolled_back_on_quality
     calls the proxy, and the route is rolled back with the quality alert as its reason."""
     with LocalStack(StackOptions(workdir=tmp_path)) as stack:
         traffic = TrafficDriver(stack.url("proxy"), "chat", workers=6, sessions=40, pause=0.02,
-                                simulator=stack.url("simulator")).start()
+                                simulator=stack.url("simulator"), keys=DEMO_KEYS).start()
         try:
             wait_for(lambda: prometheus_sees_both_arms(stack), 30, "Prometheus to see traffic on both arms")
             stack.set_canary_profile(answer_quality=0.3)

@@ -36,7 +36,8 @@ from typing import Any
 
 import requests
 
-from proxy.commands.stack import CANARY_MODEL, ROUTE, STABLE_MODEL, LocalStack, StackOptions, monitoring_available
+from proxy.commands.stack import (CANARY_MODEL, DEMO_KEYS, DEMO_TENANTS, ROUTE, STABLE_MODEL, LocalStack, StackOptions,
+                                  monitoring_available)
 from proxy.commands.traffic import TrafficDriver
 
 SCENARIOS = ("rollout", "rollout-ok", "rollback", "failover", "quality")
@@ -90,7 +91,9 @@ def _urls(stack: LocalStack) -> list[str]:
     lines = [f"  proxy metrics   {stack.url('proxy')}/metrics",
              f"  exporter        {stack.url('exporter')}/metrics",
              f"  route status    OLLAMA_SIDECAR_URL={stack.url('proxy')} OLLAMA_SIDECAR_ADMIN_TOKEN_FILE="
-             f"{stack.token_file} {command} status"]
+             f"{stack.token_file} {command} status",
+             f"  who used the GPU OLLAMA_SIDECAR_URL={stack.url('proxy')} {command} usage   (tenants "
+             f"{' and '.join(DEMO_TENANTS)})"]
     if stack.monitoring:
         from proxy.monitoring import FAILED_RATIO
         expr = urllib.parse.quote(f'{FAILED_RATIO}{{route="{ROUTE}"}}')
@@ -156,23 +159,23 @@ def run(args: argparse.Namespace) -> int:
         if args.scenario == "quality":
             _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions; simulated users "
                  "hold conversations, regenerate answers they reject and rate some\n")
-            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=40, simulator=stack.url("simulator")).start()
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=40, simulator=stack.url("simulator"), keys=DEMO_KEYS).start()
             outcome = _quality_timeline(stack, traffic, args)
         elif args.scenario == "failover":
             _say(f"  route '{ROUTE}': {STABLE_MODEL} on two servers ({', '.join(stack.simulators)}), sessions "
                  "sticky to a server\n")
-            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=200).start()
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=200, keys=DEMO_KEYS).start()
             outcome = _failover_timeline(stack, traffic, args)
         elif args.scenario == "rollback":
             _say(f"  route '{ROUTE}': stable {STABLE_MODEL}, canary {CANARY_MODEL} at 50% of sessions (sticky)\n")
-            traffic = TrafficDriver(stack.url("proxy"), ROUTE).start()
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, keys=DEMO_KEYS).start()
             outcome = _timeline(stack, traffic, args)
         else:
             steps = " → ".join(f"{w:g}%" for w in [*DEMO_ROLLOUT["steps"], 100])  # type: ignore[list-item]
             _say(f"  route '{ROUTE}': stable {STABLE_MODEL}; rolling out {CANARY_MODEL}: {steps}, at least "
                  f"{DEMO_ROLLOUT['interval']}s and {DEMO_ROLLOUT['min_requests']} canary requests a step (sticky "
                  "sessions)\n")
-            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=400).start()
+            traffic = TrafficDriver(stack.url("proxy"), ROUTE, sessions=400, keys=DEMO_KEYS).start()
             outcome = _rollout_timeline(stack, traffic, args)
         if outcome is None:
             _say(f"\n  the story did not end within {args.timeout:g}s: look at the logs in {workdir}")

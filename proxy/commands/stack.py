@@ -36,6 +36,14 @@ CANARY_MODEL = "qwen3:8b-ft"
 ROUTE = "chat"
 
 
+# The demo's tenants: name -> (API key, limits). The traffic driver sends their keys.
+DEMO_TENANTS: dict[str, tuple[str, dict[str, int]]] = {
+    "support-bot": ("sk-demo-support-bot", {"requests_per_minute": 100_000, "concurrent": 64}),
+    "analytics": ("sk-demo-analytics", {"tokens_per_day": 1_000_000_000}),
+}
+DEMO_KEYS = tuple(key for key, _ in DEMO_TENANTS.values())
+
+
 def replace_discovery(job: dict[str, Any], kind: str, configs: list[dict[str, Any]]) -> None:
     """Make ``configs`` (of ``kind``: ``static_configs``, ``file_sd_configs`` …) the only way
     a scrape job of the shipped Prometheus config finds its targets. The shipped jobs find
@@ -147,6 +155,10 @@ class LocalStack:
             # Short, so that sessions expire (and their duration shows) within a demo; the
             # traffic's regular users come back every few seconds, its visitors never.
             "session_active_window": 4,
+            # Two teams share the box: the Tenants dashboard and `usage` have someone to show.
+            # Limits generous enough never to refuse the demo's own traffic.
+            "auth": {"tenants": {name: {"keys": [key], "limits": limits}
+                                 for name, (key, limits) in DEMO_TENANTS.items()}},
         }
         if self.options.reconcile_interval is not None and self.monitoring:
             config["alertmanager_url"] = self.url("alertmanager")

@@ -48,13 +48,16 @@ class Conversation:
 
 class TrafficDriver:
     def __init__(self, proxy_url: str, route: str, workers: int = 6, sessions: int = 60,
-                 pause: float = 0.05, simulator: str | None = None, seed: int = 1) -> None:
+                 pause: float = 0.05, simulator: str | None = None, seed: int = 1,
+                 keys: tuple[str, ...] = ()) -> None:
         self.url = f"{proxy_url}/api/chat"
         self.feedback_url = f"{proxy_url}/api/feedback"
         self.route = route
         self.workers = workers
         self.sessions = sessions
         self.pause = pause
+        # API keys of the stack's tenants: each worker (and so each of its users) sends one
+        self.keys = keys
         self.simulators = [simulator] if isinstance(simulator, str) else list(simulator or [])
         self.rng = random.Random(seed)
         self.conversations: dict[str, Conversation] = {}
@@ -81,6 +84,8 @@ class TrafficDriver:
 
     def _work(self, worker: int) -> None:
         http = requests.Session()
+        if self.keys:
+            http.headers["Authorization"] = f"Bearer {self.keys[worker % len(self.keys)]}"
         i = worker
         n = 0
         while not self._stop.is_set():
