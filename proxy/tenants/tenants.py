@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from proxy.common.bearer import bearer_token
 from proxy.config import ProxyConfig, TenantConfig
@@ -30,6 +30,10 @@ class Tenants:
         self.clock = clock
         self.wall = wall
         self.usage: dict[str, Usage] = {}
+        # Labelled children, bounded as their labels are (tenants from the config, routes,
+        # capped models, error types); a removed tenant's stay until restart, at their value.
+        self._requests: dict[tuple[str, str, str, str], Any] = {}
+        self._per_model: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.update_config(config)
 
     def update_config(self, config: ProxyConfig) -> None:
@@ -88,23 +92,35 @@ class Tenants:
 
     def finish(self, tenant: str, rec: RequestRecord, admitted: bool) -> None:
         """Attribute one finished request (refused ones included) to its tenant."""
-        m = self.metrics
         model = rec.model if admitted else NO_MODEL
-        m.tenant_requests.labels(tenant, rec.route if admitted else NO_ROUTE, model, rec.error_type).inc()
+        key = (tenant, rec.route if admitted else NO_ROUTE, model, rec.error_type)
+        requests = self._requests.get(key)
+        if requests is None:  # children resolved once: labels() takes a lock and builds a key
+            requests = self._requests[key] = self.metrics.tenant_requests.labels(*key)
+        requests.inc()
+        if not admitted:
+            return
         stats = rec.stats
         tokens = 0
-        if stats is not None and admitted:
-            for kind, count in (("prompt", stats.prompt_tokens), ("completion", stats.completion_tokens)):
-                if count:
-                    m.tenant_tokens.labels(tenant, model, kind).inc(count)
-                    tokens += count
-            gpu = sum(d for d in (stats.load_duration, stats.prompt_eval_duration, stats.eval_duration) if d)
+        if stats is not None:
+            children = self._per_model.get((tenant, model))
+            if children is None:
+                m = self.metrics
+                children = self._per_model[(tenant, model)] = (
+                    m.tenant_tokens.labels(tenant, model, "prompt"), m.tenant_tokens.labels(tenant, model, "completion"),
+                    m.tenant_gpu_seconds.labels(tenant, model))
+            if stats.prompt_tokens:
+                children[0].inc(stats.prompt_tokens)
+                tokens += stats.prompt_tokens
+            if stats.completion_tokens:
+                children[1].inc(stats.completion_tokens)
+                tokens += stats.completion_tokens
+            gpu = (stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0) + (stats.eval_duration or 0.0)
             if gpu:
-                m.tenant_gpu_seconds.labels(tenant, model).inc(gpu)
-        if admitted:
-            usage = self.usage.get(tenant)
-            if usage is not None:
-                usage.finish(self.clock(), self.wall(), tokens)
+                children[2].inc(gpu)
+        usage = self.usage.get(tenant)
+        if usage is not None:
+            usage.finish(self.clock(), self.wall(), tokens)
 
     # --- off the request path -------------------------------------------------------------------
     def export_usage(self) -> None:
