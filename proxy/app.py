@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -49,8 +49,10 @@ from proxy.fleet.fleet import Fleet
 from proxy.metrics import ARM_FAILURES, NOT_EVIDENCE, Arm, ErrorType, ProxyMetrics
 from proxy.quality.feedback import REQUEST_ID, FeedbackError, key_hash
 from proxy.quality.signals import QualitySignals
-from proxy.replicas.replica import Replica
 from proxy.tenants.tenants import Tenants
+
+if TYPE_CHECKING:  # imported when `state:` asks for it: redis-py costs a single proxy 7 MB
+    from proxy.replicas.replica import Replica
 
 log = logging.getLogger("ollama_sidecar.proxy")
 
@@ -88,7 +90,10 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     notifier = Notifier(metrics, lambda: forwarder.config.notify_url, lambda: forwarder.config.notify_timeout)
     rollouts = Rollouts(control, metrics, lambda: forwarder.config.decisions, notify=notifier.send)
     tenants = Tenants(config, metrics)
-    replica = Replica(config.shared_state, control, metrics, rollouts, tenants=tenants) if config.shared_state else None
+    replica: Replica | None = None
+    if config.shared_state is not None:
+        from proxy.replicas.replica import Replica
+        replica = Replica(config.shared_state, control, metrics, rollouts, tenants=tenants)
     changes: Changes = replica if replica is not None else LocalChanges()
     breakers = Breakers(routes, metrics, trip=lambda route: changes.decide(
         [route], lambda: control.rollback(route, "breaker")))
