@@ -128,9 +128,10 @@ def format_shared_state(state: dict[str, Any]) -> str:
     if state.get("up"):
         return f"shared state: Redis {state['url']} (prefix {state['key_prefix']}) up; replica {state['replica']} " \
                f"is {role}{journal}"
+    tenants = f"\n  tenant limits: {state['tenant_limits']}" if state.get("tenant_limits") else ""
     return (f"shared state: Redis {state['url']} DOWN ({state.get('problem')}); replica {state['replica']} serves "
             f"with the last state it knew{journal}\n  admin changes are refused (503) until it is back; "
-            "Alertmanager rollbacks still apply here and are journaled")
+            f"Alertmanager rollbacks still apply here and are journaled{tenants}")
 
 
 def usage_errors_exit_2(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
