@@ -94,6 +94,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     if config.shared_state is not None:
         from proxy.replicas.replica import Replica
         replica = Replica(config.shared_state, control, metrics, rollouts, tenants=tenants)
+        replica.send_event, rollouts.notify = notifier.send, replica.hold_event
     changes: Changes = replica if replica is not None else LocalChanges()
     breakers = Breakers(routes, metrics, trip=lambda route: changes.decide(
         [route], lambda: control.rollback(route, "breaker")))
@@ -248,15 +249,18 @@ def make_feedback_handler(forwarder: Forwarder, quality: QualitySignals, replica
                 raise ProxyError(400, ErrorType.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
             store = quality.feedback
             request_id = body.get("request_id") if isinstance(body, dict) else None
+            key = key_hash(request.headers.get("Authorization"))
             if replica is not None and isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id):
-                served, rating = await replica.lookup_served(request_id, wait=request_id not in store.served)
-                store.adopt(request_id, served, rating)
+                mine = store.served.get(request_id)
+                served, rating = await replica.lookup_served(request_id, key,
+                                                             wait=mine is None or mine.key != key)
+                store.adopt(request_id, served, rating, key)
             try:
-                result = store.rate(body, key_hash(request.headers.get("Authorization")))
+                result = store.rate(body, key)
             except FeedbackError as exc:
                 raise ProxyError(exc.status, ErrorType.BAD_REQUEST, exc.message) from None
             if replica is not None:
-                await replica.record_rating(result["request_id"], result["rating"])
+                await replica.record_rating(result["request_id"], key, result["rating"])
         except ProxyError as err:
             return error_response(path, err)
         return web.json_response(result)

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -700,8 +700,9 @@ def _parse_state(value: Any, state_file: str | None, inputs: Inputs) -> SharedSt
 def split_redis_url(url: str) -> tuple[str, str | None]:
     """(the URL without its password, the password): the first is safe to log and show."""
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError("state.url", f"must start with redis:// or rediss:// (TLS), got {parts.scheme or url!r}://")
+    if parts.scheme not in ("redis", "rediss"):  # never quote the URL: it may hold the password
+        raise ConfigError("state.url", "must start with redis:// or rediss:// (TLS)"
+                          + (f", got {parts.scheme}://" if parts.scheme.isalnum() else ""))
     if not parts.hostname:
         raise ConfigError("state.url", "has no host (redis://host:6379/0)")
     try:
@@ -714,8 +715,10 @@ def split_redis_url(url: str) -> tuple[str, str | None]:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     user = f"{parts.username}@" if parts.username and parts.password is not None else ""
     if parts.username and parts.password is None:  # redis://secret@host: the old password-only form
-        return f"{parts.scheme}://{host}:{port or 6379}/{db}", parts.username
-    return f"{parts.scheme}://{user}{host}:{port or 6379}/{db}", parts.password
+        return f"{parts.scheme}://{host}:{port or 6379}/{db}", unquote(parts.username)
+    # percent-encoded in the URL (p%40ss for p@ss), sent as itself
+    return f"{parts.scheme}://{user}{host}:{port or 6379}/{db}", (
+        unquote(parts.password) if parts.password is not None else None)
 
 
 DEFAULT_TENANT = "default"

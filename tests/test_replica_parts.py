@@ -28,6 +28,14 @@ def test_state_as_a_url_or_a_section_and_the_password_never_in_the_url_shown():
                                    "journal": "/var/lib/j.jsonl"}}, environ={}).shared_state
     assert (full.url, full.lease, full.journal) == ("rediss://cache:6379/0", 30.0, "/var/lib/j.jsonl")
     assert "pw" not in repr(short)
+    encoded = parse_config({"state": "redis://:p%40ss%3Aw@cache"}, environ={}).shared_state
+    assert encoded.password == "p@ss:w"
+
+
+def test_a_url_that_is_not_redis_is_refused_without_quoting_it():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"state": "cache.internal:6379?password=hunter2"}, environ={})
+    assert "hunter2" not in str(err.value)
 
 
 def test_the_password_from_the_environment_or_a_file(tmp_path):

@@ -195,6 +195,19 @@ def test_with_redis_down_requests_are_served_admin_changes_get_503_and_state_con
         wait_for(lambda: all(route(p)["weight"] == 5 for p in (a, b, c)), 1.0, "the change everywhere")
 
 
+def test_a_replica_that_met_a_redis_stall_joins_again_by_itself(tmp_path, httpserver):
+    """Redis stops answering writes for 1.5 s (CLIENT PAUSE, as during a failover): a change
+    then is refused, and afterwards the replica is up, leads or follows, and takes changes."""
+    with replicas(tmp_path, httpserver, 2) as (redis, (a, b)):
+        redis.client().execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        refused = requests.put(f"{a.url}/admin/routes/chat", json={"canary_weight": 7}, timeout=10)
+        assert refused.status_code == 503
+        wait_for(lambda: backend(a)["up"] and backend(b)["up"], 10, "both replicas to join again")
+        wait_for(lambda: sum(p.value("ollama_proxy_replica_leader") for p in (a, b)) == 1, 10, "one leader again")
+        assert requests.put(f"{a.url}/admin/routes/chat", json={"canary_weight": 7}, timeout=5).status_code == 200
+        wait_for(lambda: route(b)["weight"] == 7, 1.0, "the change on the other replica")
+
+
 def test_a_webhook_delivered_to_one_replica_while_redis_is_down_reaches_all_once_it_is_back(tmp_path, httpserver):
     with replicas(tmp_path, httpserver) as (redis, (a, b, c)):
         redis.kill()

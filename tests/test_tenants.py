@@ -341,3 +341,16 @@ def test_limits_hold_for_the_deployment_not_for_each_replica(httpserver, fake, t
             assert all(chat(p.url, "sk-batch").status_code == 429 for p in ps)  # 2 each already: at its share
     finally:
         redis.stop()
+
+
+def test_a_broken_count_from_ollama_never_costs_a_tenant_its_slot(httpserver, tmp_path):
+    """Ollama answering a negative token count is no count; the tenant at concurrent: 1
+    gets its slot back and is served again."""
+    final = dict(FINAL, prompt_eval_count=-1)
+    httpserver.expect_request("/api/chat").respond_with_handler(
+        lambda r: Response(ndjson(chat_chunks("llama3:8b", ["Hi"], final=final)), content_type="application/x-ndjson"))
+    tenants = {"batch": {"keys": ["sk-batch"], "limits": {"concurrent": 1}}}
+    with running_proxy(settings(httpserver, tenants)) as p:
+        assert [chat(p.url, "sk-batch").status_code for _ in range(3)] == [200, 200, 200]
+        assert p.value("ollama_proxy_tenant_tokens_total", tenant="batch", kind="prompt") == 0
+        assert p.value("ollama_proxy_tenant_tokens_total", tenant="batch", kind="completion") == 3 * 3

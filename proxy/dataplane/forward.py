@@ -225,13 +225,18 @@ class Forwarder:
                                                    "ollama-sidecar; see the proxy's log"))
         finally:
             rec.duration = time.perf_counter() - start
-            self.recorder.record(rec)
-            if self.quality is not None:  # first: it marks regenerations, which the rollouts count
-                self.quality.observe(path, decision, rec, session_raw, messages, request.headers.get("Authorization"))
-            if self.on_result is not None and decision.route != NO_ROUTE:
-                self.on_result(decision, rec)
-            if tenant is not None:
-                self.tenants.finish(tenant, rec, admitted)
+            try:
+                self.recorder.record(rec)
+                if self.quality is not None:  # first: it marks regenerations, which the rollouts count
+                    self.quality.observe(path, decision, rec, session_raw, messages,
+                                         request.headers.get("Authorization"))
+                if self.on_result is not None and decision.route != NO_ROUTE:
+                    self.on_result(decision, rec)
+            finally:
+                # Whatever failed above, the tenant gets its slot back: a leak would lock it
+                # out at its concurrency limit for good.
+                if tenant is not None:
+                    self.tenants.finish(tenant, rec, admitted)
 
     @staticmethod
     def _route_headers(response: web.StreamResponse, d: Decision) -> None:

@@ -79,7 +79,10 @@ def _seconds(obj: dict[str, Any], key: str) -> float | None:
 
 
 def _count(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A token count as Ollama reports it; a negative one (a broken server) is no count."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    return None
 
 
 def read_native_final(stats: ReplyStats, obj: dict[str, Any]) -> None:

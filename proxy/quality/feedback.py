@@ -112,9 +112,13 @@ class FeedbackStore:
                     del self.served[old_id]
                     self._forget(old_id)
 
-    def adopt(self, request_id: str, served: dict[str, Any] | None, rating: str | None) -> None:
-        """What another replica recorded of ``request_id`` (its answer, its rating so far)."""
-        if served is not None and request_id not in self.served:
+    def adopt(self, request_id: str, served: dict[str, Any] | None, rating: str | None, key: bytes) -> None:
+        """What another replica recorded of ``request_id`` for the API key ``key`` (its
+        answer, its rating so far); another key's entry here is left alone."""
+        mine = self.served.get(request_id)
+        if mine is not None and mine.key != key:
+            return
+        if served is not None and mine is None:
             try:
                 entry = Served(str(served["route"]), str(served["arm"]), str(served["model"]),
                                bytes.fromhex(str(served["key"])), self.clock() + self.ttl)

@@ -25,16 +25,31 @@ class Lease:
         self.length = length
         self.on_change = on_change
         self.monotonic = monotonic
-        self.held = False
+        self._held = False
+        self._valid_until = 0.0  # monotonic: the lease as granted, less a margin for clock drift
         self._next = 0.0
+
+    @property
+    def granted(self) -> bool:
+        """Granted at the last renewal, maybe since expired: enough for an idempotent act
+        (a rollback), not for one that must happen once (a rollout step)."""
+        return self._held
+
+    @property
+    def held(self) -> bool:
+        """Held, and not possibly expired: a renewal delayed past the lease (a stalled loop)
+        means another replica may already hold it, so this one stops acting by itself."""
+        return self._held and self.monotonic() < self._valid_until
 
     async def tick(self, store: Store) -> None:
         """Take or renew the lease when due (every length/3)."""
         now = self.monotonic()
-        if now < self._next:
+        if now < self._next and self.held:
             return
         held = await store.hold_lease(self.replica, self.length)
         self._next = now + self.length / 3
+        if held:
+            self._valid_until = now + self.length * 0.9  # from before the call: never later than Redis's
         self._set(held)
 
     def lost(self) -> None:
@@ -43,12 +58,12 @@ class Lease:
         self._set(False)
 
     async def release(self, store: Store) -> None:
-        if self.held:
+        if self._held:
             await store.drop_lease(self.replica)
             self._set(False)
 
     def _set(self, held: bool) -> None:
-        if held != self.held:
-            self.held = held
+        if held != self._held:
+            self._held = held
             log.warning("replica %s %s the rollout lease", self.replica, "took" if held else "no longer holds")
             self.on_change(held)

@@ -55,6 +55,10 @@ FULL_READ_EVERY = 10  # sync intervals between two full reads
 MAX_RETRIES = 8
 
 
+class RejoinNeeded(RedisError):
+    """Redis failed a call outside the sync loop: the loop joins again."""
+
+
 class BackendUnavailable(RouteError):
     def __init__(self, url: str, problem: str) -> None:
         super().__init__(503, f"the shared state (Redis at {url}) is unavailable ({problem}): the change was "
@@ -86,6 +90,10 @@ class Replica:
         self.revs: dict[str, int] = {}  # the rev of each route as this replica last read or wrote it
         self._seen_outcomes: dict[str, shared.Tally] = {}
         self.unjournaled: list[dict[str, Any]] = []  # effects made while down with no journal to keep them
+        # Rollout notifications wait for their change to be in Redis: one that is undone
+        # (a lost race, Redis gone) is never announced, one that is redone only once.
+        self.send_event: Callable[[dict[str, Any]], None] = lambda event: None
+        self._held_events: list[dict[str, Any]] = []
         self._lock = asyncio.Lock()
         self._syncs = 0
         self._announced_down = False
@@ -124,31 +132,37 @@ class Replica:
     async def transact(self, routes: Iterable[str], op: Callable[[], T], *, force: bool = False) -> T:
         if not self.up:
             raise BackendUnavailable(self.cfg.url, self.problem or "not connected")
-        names = {r for r in routes if r in self.plane.routes.routes}
         async with self._lock:
-            for _ in range(MAX_RETRIES):
-                snapshot = None
-                try:
-                    edited = await self._refresh(names, force=force)
-                    snapshot = self._snapshot()
-                    self.plane.dirty.clear()
-                    self.plane.new_alerts.clear()
-                    result = op()
-                    self.plane.dirty.update(edited)
-                    await self._write_dirty()
-                    return result
-                except Conflict as conflict:
-                    self._restore(snapshot)
-                    names.add(str(conflict))
-                    self.metrics.state_backend_operations.labels("conflict", "ok").inc()
-                except UNAVAILABLE as exc:
-                    self._restore(snapshot)
-                    self._went_down(exc)
-                    raise BackendUnavailable(self.cfg.url, self.problem or "error") from None
-                except BaseException:
-                    self._restore(snapshot)
-                    raise
-            raise RouteError(409, "the route kept changing on other replicas while this change was made; retry")
+            if not self.up:
+                raise BackendUnavailable(self.cfg.url, self.problem or "not connected")
+            return await self._transact_locked({r for r in routes}, op, force=force)
+
+    async def _transact_locked(self, routes: set[str], op: Callable[[], T], *, force: bool) -> T:
+        names = {r for r in routes if r in self.plane.routes.routes}
+        for _ in range(MAX_RETRIES):
+            snapshot = None
+            try:
+                edited = await self._refresh(names, force=force)
+                snapshot = self._snapshot()
+                self.plane.dirty.clear()
+                self.plane.new_alerts.clear()
+                result = op()
+                self.plane.dirty.update(edited)
+                await self._write_dirty()
+                self._release_events()
+                return result
+            except Conflict as conflict:
+                self._restore(snapshot)
+                names.add(str(conflict))
+                self.metrics.state_backend_operations.labels("conflict", "ok").inc()
+            except UNAVAILABLE as exc:
+                self._restore(snapshot)
+                self._went_down(exc)
+                raise BackendUnavailable(self.cfg.url, self.problem or "error") from None
+            except BaseException:
+                self._restore(snapshot)
+                raise
+        raise RouteError(409, "the route kept changing on other replicas while this change was made; retry")
 
     async def safety(self, routes: Iterable[str], op: Callable[[], T]) -> tuple[T, bool]:
         """A rollback that must happen even without Redis (an alert's, the breaker's): through
@@ -160,17 +174,22 @@ class Replica:
                 return await self.transact(routes, op), True
             except BackendUnavailable:
                 pass
-        before = dict(self.plane.routes.routes)
-        self.plane.uncounted.clear()
-        result = op()
-        self._count_changes()
-        effects = [e for name, old in before.items()
-                   if (e := effect_of(old, self.plane.routes.routes.get(name), self.clock())) is not None]
-        journaled = self.journal.append(effects) if effects else self.journal.durable
-        if effects and journaled:
-            self.metrics.state_journal_entries.set(len(self.journal.entries()[0]))
-        elif effects:
-            self.unjournaled.extend(effects)  # replayed on rejoin, unless this process dies first
+        # Under the lock: a change in flight (or a rejoin's full read) must not undo this one;
+        # a rejoin holding the lock replays the journal, this included, before it is up.
+        async with self._lock:
+            if self.up:  # joined while this waited: the normal path
+                return await self._transact_locked(set(routes), op, force=False), True
+            before = dict(self.plane.routes.routes)
+            self.plane.uncounted.clear()
+            result = op()
+            self._count_changes()
+            effects = [e for name, old in before.items()
+                       if (e := effect_of(old, self.plane.routes.routes.get(name), self.clock())) is not None]
+            journaled = self.journal.append(effects) if effects else self.journal.durable
+            if effects and journaled:
+                self.metrics.state_journal_entries.set(len(self.journal.entries()[0]))
+            elif effects:
+                self.unjournaled.extend(effects)  # replayed on rejoin, unless this process dies first
         if effects:
             log.warning("shared state unavailable: %s applied on this replica only%s", ", ".join(
                 f"{e['op']} of route {e['route']}" for e in effects),
@@ -184,10 +203,23 @@ class Replica:
     def decide(self, routes: list[str], op: Callable[[], Any]) -> None:
         """An automatic decision taken in the background (breaker, probe): acted on by the
         leader while Redis is up, by this replica alone (journaled) while it is down."""
-        if self.up and not self.leader:
+        # A stalled renewal must not drop a verdict: a rollback twice is one rollback.
+        if self.up and not self.lease.granted:
             return
         task = asyncio.get_running_loop().create_task(self.safety(routes, op))
         task.add_done_callback(_log_failure)
+
+    def hold_event(self, event: dict[str, Any]) -> None:
+        """The rollouts' notifier while changes go through Redis (see :meth:`_release_events`)."""
+        if self._lock.locked():
+            self._held_events.append(event)
+        else:  # not inside a change (cannot be undone): out at once
+            self.send_event(event)
+
+    def _release_events(self) -> None:
+        held, self._held_events = self._held_events, []
+        for event in held:
+            self.send_event(event)
 
     # --- the background loop --------------------------------------------------------------------
     async def run(self) -> None:
@@ -195,9 +227,11 @@ class Replica:
         while True:
             pubsub = self.redis.pubsub()
             try:
+                # Subscribed first: a change written during the join is heard, not left to
+                # the next full read.
+                await pubsub.subscribe(self.store.channel)
                 await self._join()
                 delay = 0.2
-                await pubsub.subscribe(self.store.channel)
                 await self._serve(pubsub)
             except UNAVAILABLE as exc:
                 self._went_down(exc)
@@ -231,11 +265,12 @@ class Replica:
                 await self.store.mark_ready(self.clock())
             else:
                 await self._wait_for_first_replica()
-        await self._replay_journal()
-        async with self._lock:
+            # One section: a rollback made here while this runs waits for the lock and then
+            # goes through Redis; one made before it is in the journal replayed here.
+            await self._replay_journal()
             await self._full_read(force=True)
-        was_down = self.down_since
-        self.up, self.problem, self.down_since = True, None, None
+            was_down = self.down_since
+            self.up, self.problem, self.down_since = True, None, None
         self.metrics.state_backend_up.set(1)
         self.metrics.state_backend_operations.labels("sync", "ok").inc()
         log.info("shared state: connected to Redis at %s (prefix %r) as replica %s%s", self.cfg.url,
@@ -275,6 +310,10 @@ class Replica:
         interval = self.cfg.sync_interval
         next_sync = time.monotonic()
         while True:
+            if not self.up:
+                # A call elsewhere (a change, a rollout tick, a feedback lookup) found Redis
+                # gone: leave, so the loop backs off and joins again (journal, full read).
+                raise RejoinNeeded(self.problem or "shared state lost")
             timeout = max(0.0, next_sync - time.monotonic())
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
             if message is not None and message.get("type") == "message":
@@ -317,8 +356,7 @@ class Replica:
         try:
             await self.store.add_counts(batches)
             ttl = int(self.plane.config.feedback_ttl)
-            await self.store.put_served([(rid, json.dumps({"route": route, "arm": arm, "model": model,
-                                                           "key": key.hex()}), ttl)
+            await self.store.put_served([(key.hex(), rid, json.dumps({"route": route, "arm": arm, "model": model}), ttl)
                                          for rid, route, arm, model, key in served])
         except UNAVAILABLE:
             # Not in Redis: this replica's own counts decide for it while Redis is away; the
@@ -346,7 +384,25 @@ class Replica:
     async def read_rollout_evidence(self) -> None:
         """The leader's read of every running rollout's shared counts, before its tick."""
         active = [(route, r) for route, r in self.plane.rollouts.items() if r.active]
-        rows = await self.store.read_counts([self.store.key("evidence", route, r.salt) for route, r in active])
+        keys = [self.store.key("evidence", route, r.salt) for route, r in active]
+        rows = await self.store.read_counts(keys)
+        shortfalls = {}
+        for key, (route, rollout), row in zip(keys, active, rows):
+            if row.get("started"):
+                continue
+            # The leader marks each rollout's counter when it first reads it. A counter
+            # without the mark was lost by Redis (no persistence, a flush, an eviction) and
+            # holds only what came since: the evidence saved with the rollout goes back in,
+            # so increments mean what they meant, for this leader and the next.
+            saved = {f: v for f, v in shared.evidence_fields(rollout.total).items() if v}
+            shortfalls[key] = {"started": 1, **saved}
+            for field, value in saved.items():
+                row[field] = row.get(field, 0) + value
+            if saved:
+                log.warning("rollout on route %s: its shared counts were lost by Redis; the evidence saved with "
+                            "the rollout is put back", route)
+        if shortfalls:
+            await self.store.add_counts(shortfalls)
         self.rollouts.shared_totals = {route: shared.evidence_of(row) for (route, _), row in zip(active, rows)}
 
     async def tick_rollouts(self) -> None:
@@ -361,22 +417,28 @@ class Replica:
             self._went_down(exc)
             return
         routes = [route for route, r in self.plane.rollouts.items() if r.active]
+
+        def tick() -> None:
+            if self.leader:  # still, after the awaits and the wait for the lock
+                self.rollouts.tick()
         try:
-            await self.transact(routes, self.rollouts.tick)
+            await self.transact(routes, tick)
         except BackendUnavailable:
             pass
 
     # --- feedback ---------------------------------------------------------------------------------
-    async def lookup_served(self, request_id: str, wait: bool = True) -> tuple[dict[str, Any] | None, str | None]:
-        """Who served ``request_id`` and its current rating, as any replica recorded them.
-        With ``wait``, an id not there yet is asked for again after two flushes."""
+    async def lookup_served(self, request_id: str, key: bytes, wait: bool = True
+                            ) -> tuple[dict[str, Any] | None, str | None]:
+        """Who served ``request_id`` for the API key hashed as ``key`` and its current
+        rating, as any replica recorded them. With ``wait``, an id not there yet is asked
+        for again after two flushes."""
         if not self.up:
             return None, None
         try:
-            served, rating = await self.store.get_served(request_id)
+            served, rating = await self.store.get_served(key.hex(), request_id)
             if served is None and wait:  # the replica that answered may not have flushed yet
                 await asyncio.sleep(self.cfg.sync_interval * 2)
-                served, rating = await self.store.get_served(request_id)
+                served, rating = await self.store.get_served(key.hex(), request_id)
         except UNAVAILABLE as exc:
             self._went_down(exc)
             return None, None
@@ -384,13 +446,16 @@ class Replica:
             doc = json.loads(served) if served else None
         except ValueError:
             doc = None
-        return (doc if isinstance(doc, dict) else None), rating
+        if isinstance(doc, dict):
+            doc["key"] = key.hex()
+            return doc, rating
+        return None, rating
 
-    async def record_rating(self, request_id: str, rating: str) -> None:
+    async def record_rating(self, request_id: str, key: bytes, rating: str) -> None:
         if not self.up:
             return
         try:
-            await self.store.put_rating(request_id, rating, int(self.plane.config.feedback_ttl))
+            await self.store.put_rating(key.hex(), request_id, rating, int(self.plane.config.feedback_ttl))
         except UNAVAILABLE as exc:
             self._went_down(exc)
 
@@ -497,6 +562,7 @@ class Replica:
         plane.dirty.clear()
         plane.new_alerts.clear()
         plane.uncounted[:] = uncounted
+        self._held_events.clear()
 
     # --- the journal ----------------------------------------------------------------------------------
     def _apply_journal_locally(self) -> None:
@@ -511,36 +577,40 @@ class Replica:
                         "once it answers", len(entries), self.cfg.journal)
 
     async def _replay_journal(self) -> None:
-        while self.unjournaled:
-            await self.transact_replay(self.unjournaled[0])
-            self.unjournaled.pop(0)
+        """Journaled effects into Redis (the lock is held), oldest first; the journal is
+        emptied only of what was written."""
+        held = sorted(self.unjournaled, key=lambda e: e.get("at", 0))
+        for entry in held:
+            await self._replay_locked(entry)
+            self.unjournaled.remove(entry)
         entries, lines = self.journal.entries()
         if not lines:
             return
         for entry in entries:
-            await self.transact_replay(entry)
+            await self._replay_locked(entry)
         self.journal.clear(lines)
         self.metrics.state_journal_entries.set(len(self.journal.entries()[0]))
         self.metrics.state_backend_operations.labels("replay", "ok").inc()
         log.warning("shared state: replayed %d journaled change(s) into Redis", len(entries))
 
-    async def transact_replay(self, entry: dict[str, Any]) -> None:
-        # Not through transact()'s `up` check: the replica is joining, not yet up.
+    async def _replay_locked(self, entry: dict[str, Any]) -> None:
         names = {entry["route"]} & set(self.plane.routes.routes)
-        async with self._lock:
-            for _ in range(MAX_RETRIES):
-                edited = await self._refresh(names, force=True)
-                snapshot = self._snapshot()
-                self.plane.dirty.clear()
-                self.plane.new_alerts.clear()
-                replay(self.plane, entry)
-                self.plane.uncounted.clear()  # counted when it was made, on this replica
-                self.plane.dirty.update(edited)
-                try:
-                    await self._write_dirty()
-                    return
-                except Conflict:
-                    self._restore(snapshot)
+        for _ in range(MAX_RETRIES):
+            edited = await self._refresh(names, force=True)
+            snapshot = self._snapshot()
+            self.plane.dirty.clear()
+            self.plane.new_alerts.clear()
+            replay(self.plane, entry)
+            self.plane.uncounted.clear()  # counted when it was made, on this replica
+            self.plane.dirty.update(edited)
+            try:
+                await self._write_dirty()
+                return
+            except Conflict:
+                self._restore(snapshot)
+        self.metrics.state_backend_operations.labels("replay", "error").inc()
+        raise RejoinNeeded(f"could not replay a journaled {entry.get('op')} of route {entry.get('route')}: "
+                           "the route kept changing; retrying")
 
     # --- up and down --------------------------------------------------------------------------------
     def _went_down(self, exc: BaseException) -> None:

@@ -9,8 +9,8 @@ Layout under the configured prefix ``P``::
     P leader              string: the rollout leader's replica id, with the lease as its TTL
     P outcomes:ROUTE      hash {canary.requests, ...}: every replica's breaker counts, summed
     P evidence:ROUTE:SALT hash {canary.requests, ...}: one rollout's counts from every replica
-    P served:ID           string: who served a request (feedback), with the feedback TTL
-    P rating:ID           string: that request's current rating
+    P served:KEY:ID       string: who served a request (feedback) for one API key's hash, with the TTL
+    P rating:KEY:ID       string: that request's current rating
 
 Route writes are one Lua script: it compares each route's ``rev`` with the one the change
 was made on and writes all of them or none, so two operators changing one route at once
@@ -183,21 +183,23 @@ class Store:
         return [{k: int(v) for k, v in row.items()} for row in rows]
 
     # --- feedback ids ---------------------------------------------------------------------
-    async def put_served(self, entries: list[tuple[str, str, int]]) -> None:
-        """(request id, JSON of who served it, seconds to keep it) for each new answer."""
+    async def put_served(self, entries: list[tuple[str, str, str, int]]) -> None:
+        """(key hash in hex, request id, JSON of who served it, seconds to keep it) per
+        answer. Keyed by the API key's hash too: a client chooses its X-Request-ID, and one
+        tenant's id must never name, or hide, another's answer."""
         if not entries:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for request_id, doc, ttl in entries:
-                pipe.set(self.key("served", request_id), doc, ex=max(1, ttl))
+            for key, request_id, doc, ttl in entries:
+                pipe.set(self.key("served", key, request_id), doc, ex=max(1, ttl))
             await pipe.execute()
 
-    async def get_served(self, request_id: str) -> tuple[str | None, str | None]:
+    async def get_served(self, key: str, request_id: str) -> tuple[str | None, str | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.key("served", request_id))
-            pipe.get(self.key("rating", request_id))
+            pipe.get(self.key("served", key, request_id))
+            pipe.get(self.key("rating", key, request_id))
             served, rating = await pipe.execute()
         return served, rating
 
-    async def put_rating(self, request_id: str, rating: str, ttl: int) -> None:
-        await self.redis.set(self.key("rating", request_id), rating, ex=max(1, ttl))
+    async def put_rating(self, key: str, request_id: str, rating: str, ttl: int) -> None:
+        await self.redis.set(self.key("rating", key, request_id), rating, ex=max(1, ttl))

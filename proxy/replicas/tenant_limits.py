@@ -54,6 +54,7 @@ class SharedTenantLimits:
         now, wall = self.clock(), self.wall()
         day = int(wall // DAY)
         names = list(tenants.usage)
+        sent: dict[str, int] = {}
         async with store.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 usage = tenants.usage[name]
@@ -68,6 +69,7 @@ class SharedTenantLimits:
                 if done_day != day:
                     done = 0
                 day_key = store.key("tenant", name, "day", str(day))
+                sent[name] = usage.day_tokens  # what this flush covers: tokens finishing meanwhile go next time
                 pipe.incrby(day_key, max(0, usage.day_tokens - done))
                 pipe.expire(day_key, DAY_TTL)
                 pipe.hgetall(window)
@@ -76,20 +78,27 @@ class SharedTenantLimits:
         for i, name in enumerate(names):
             usage = tenants.usage[name]
             day_total, reports = int(rows[i * 5 + 2]), rows[i * 5 + 4]
-            self.flushed[name] = (day, usage.day_tokens)
-            others = Others(day_tokens=max(0, day_total - usage.day_tokens))
+            self.flushed[name] = (day, sent[name])
+            others = Others(day_tokens=max(0, day_total - sent[name]), day=day)
+            stale = []
             for replica, raw in reports.items():
                 try:
                     report = json.loads(raw)
                 except ValueError:
+                    report = {}
+                if replica == self.replica:
                     continue
-                if replica == self.replica or wall - float(report.get("at", 0)) > self.stale_after:
+                if wall - float(report.get("at", 0)) > self.stale_after:
+                    if wall - float(report.get("at", 0)) > 60:
+                        stale.append(replica)  # a replica gone for a minute: its field goes
                     continue
                 live.add(replica)
                 others.requests += int(report.get("requests", 0))
                 others.tokens += int(report.get("tokens", 0))
                 others.in_flight += int(report.get("in_flight", 0))
             usage.others = others
+            if stale:
+                await store.redis.hdel(store.key("tenant", name, "window"), *stale)
         self.replicas = len(live)
         if self.alone:
             log.warning("tenant limits: shared again through Redis (%d replicas)", self.replicas)
@@ -99,7 +108,7 @@ class SharedTenantLimits:
         """Redis is away: enforce this replica's share of each per-minute and concurrency limit."""
         share = 1.0 / max(1, self.replicas)
         for usage in self.tenants.usage.values():
-            usage.others = Others(day_tokens=usage.others.day_tokens, share=share)
+            usage.others = Others(day_tokens=usage.others.day_tokens, day=usage.others.day, share=share)
         if not self.alone:
             log.warning("tenant limits: Redis unavailable; each replica enforces its share (1/%d) of the per-minute "
                         "and concurrency limits, and the day's total it last read", self.replicas)

@@ -38,7 +38,8 @@ class Others:
 
     requests: int = 0  # in their last minute
     tokens: int = 0  # in their last minute
-    day_tokens: int = 0  # theirs today (kept at the last known while Redis is down: a day is long)
+    day_tokens: int = 0  # theirs on ``day`` (kept at the last known while Redis is down: a day is long)
+    day: int = -1  # the UTC day day_tokens counts; another day's total says nothing about today
     in_flight: int = 0
     # The part of the per-minute and concurrency limits this replica enforces on its own
     # counts: 1 with one replica or Redis up, 1/N while Redis is down (the minute counts
@@ -99,7 +100,8 @@ class Usage:
                 return Refusal(TOKENS_PER_MINUTE, limits.tokens_per_minute, self._tokens_free_in(now, allowed))
         if limits.tokens_per_day is not None:
             self._roll_day(wall)
-            if self.day_tokens + others.day_tokens >= limits.tokens_per_day:
+            theirs = others.day_tokens if others.day == self.day else 0
+            if self.day_tokens + theirs >= limits.tokens_per_day:
                 return Refusal(TOKENS_PER_DAY, limits.tokens_per_day, _seconds(DAY - wall % DAY))
         if limits.requests_per_minute is not None:
             self.requests.append(now)
@@ -107,7 +109,7 @@ class Usage:
         return None
 
     def finish(self, now: float, wall: float, tokens: int) -> None:
-        self.in_flight -= 1
+        """The tokens of a finished request (its slot was given back already)."""
         if tokens > 0:
             self.tokens.append((now, tokens))
             self.token_sum += tokens
@@ -134,7 +136,7 @@ class Usage:
         self._roll_day(wall)
         return {REQUESTS_PER_MINUTE: len(self.requests) + self.others.requests,
                 TOKENS_PER_MINUTE: self.token_sum + self.others.tokens,
-                TOKENS_PER_DAY: self.day_tokens + self.others.day_tokens,
+                TOKENS_PER_DAY: self.day_tokens + (self.others.day_tokens if self.others.day == self.day else 0),
                 CONCURRENT: self.in_flight + self.others.in_flight}
 
 

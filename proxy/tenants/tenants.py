@@ -93,6 +93,9 @@ class Tenants:
     def finish(self, tenant: str, rec: RequestRecord, admitted: bool) -> None:
         """Attribute one finished request (refused ones included) to its tenant."""
         model = rec.model if admitted else NO_MODEL
+        usage = self.usage.get(tenant) if admitted else None
+        if usage is not None:
+            usage.in_flight -= 1  # first: nothing below may keep the slot
         key = (tenant, rec.route if admitted else NO_ROUTE, model, rec.error_type)
         requests = self._requests.get(key)
         if requests is None:  # children resolved once: labels() takes a lock and builds a key
@@ -118,7 +121,6 @@ class Tenants:
             gpu = (stats.load_duration or 0.0) + (stats.prompt_eval_duration or 0.0) + (stats.eval_duration or 0.0)
             if gpu:
                 children[2].inc(gpu)
-        usage = self.usage.get(tenant)
         if usage is not None:
             usage.finish(self.clock(), self.wall(), tokens)
 
