@@ -493,3 +493,25 @@ def test_killing_the_lease_holder_mid_rollout_another_continues_from_the_same_st
         for child in children:
             child.stop()
         redis.stop()
+
+
+def test_the_auto_resume_probe_counts_every_replica(tmp_path, httpserver):
+    """A resolved alert starts the probe (5 %); its 20 canary requests come 7 from each of
+    three replicas, fewer than any one needs: the leader passes it on the sum and the
+    canary gets its weight back everywhere."""
+    serve_chat(httpserver)
+    routes = {"chat": dict(ROUTE, auto_resume=True)}
+    with replicas(tmp_path, httpserver, routes=routes) as (_, proxies):
+        firing = rollback_alert()
+        assert requests.post(f"{proxies[0].url}/admin/alertmanager", json=firing, timeout=5).status_code == 200
+        resolved = dict(firing, status="resolved", alerts=[dict(firing["alerts"][0], status="resolved",
+                                                                endsAt="2026-11-29T10:05:00Z")])
+        assert requests.post(f"{proxies[1].url}/admin/alertmanager", json=resolved, timeout=5).status_code == 200
+        wait_for(lambda: all(route(p)["weight"] == 5 and route(p)["probe_weight_after"] == 50 for p in proxies), 1.0,
+                 "the probe everywhere")
+        for p in proxies:
+            for session in canary_sessions("", 5, 7, p.url):
+                assert chat(p, session).status_code == 200
+        wait_for(lambda: all(route(p)["weight"] == 50 and route(p)["probe_weight_after"] is None for p in proxies),
+                 5, "the probe to pass on the summed counts")
+        assert sum(p.value("ollama_proxy_route_changes_total", route="chat", reason="probe") for p in proxies) == 1
