@@ -224,6 +224,8 @@ def test_a_webhook_delivered_to_one_replica_while_redis_is_down_reaches_all_once
                              for p in (a, b, c)), 10, "the rollback on every replica")
         assert journal.read_text() == ""
         assert backend(b)["journal_entries"] == 0
+        # the alert instance it acted on went to Redis with it: no replica acts on it again
+        assert redis.client().zscore("ollama-sidecar:alerts", "fp-OllamaCanaryErrorRateHigh@2026-11-29T10:00:00Z")
 
 
 def test_without_a_journal_a_webhook_while_redis_is_down_gets_503_until_redis_has_it(tmp_path, httpserver):

@@ -180,11 +180,14 @@ class Replica:
             if self.up:  # joined while this waited: the normal path
                 return await self._transact_locked(set(routes), op, force=False), True
             before = dict(self.plane.routes.routes)
+            acted = set(self.plane.acted_alerts)
             self.plane.uncounted.clear()
             result = op()
             self._count_changes()
             effects = [e for name, old in before.items()
                        if (e := effect_of(old, self.plane.routes.routes.get(name), self.clock())) is not None]
+            if effects:  # the alert instances acted on go with their effect, so no replica acts on them again
+                effects[0]["alerts"] = [key for key in self.plane.acted_alerts if key not in acted]
             journaled = self.journal.append(effects) if effects else self.journal.durable
             if effects and journaled:
                 self.metrics.state_journal_entries.set(len(self.journal.entries()[0]))
@@ -655,6 +658,10 @@ def effect_of(before: Any, after: Any, now: float) -> dict[str, Any] | None:
 def replay(plane: ControlPlane, entry: dict[str, Any]) -> None:
     """Apply one journaled effect to the state as it is now: a rollback that is already in
     place, or a resume of a rollback that is no longer the one it undid, changes nothing."""
+    for key in entry.get("alerts") or ():
+        if isinstance(key, str):  # known here already: to Redis with the change
+            plane.acted_alerts.setdefault(key, 0.0)
+            plane.new_alerts.append(key)
     state = plane.routes.routes.get(entry.get("route", ""))
     if state is None:
         return
