@@ -37,7 +37,7 @@ from proxy.control.probe import Probes
 from proxy.control.reload import ConfigReloader
 from proxy.control.rollout import Rollouts
 from proxy.control.routing import Decision, RouteTable
-from proxy.control.state import persisted_key
+from proxy.control.state import StateFile, persisted_key
 from proxy.dataplane.admission import AdmissionControl
 from proxy.dataplane.errors import ProxyError, error_response
 from proxy.dataplane.forward import Forwarder
@@ -90,6 +90,11 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     notifier = Notifier(metrics, lambda: forwarder.config.notify_url, lambda: forwarder.config.notify_timeout)
     rollouts = Rollouts(control, metrics, lambda: forwarder.config.decisions, notify=notifier.send)
     tenants = Tenants(config, metrics)
+    # One proxy: the day's tokens per tenant survive restarts beside the state file (with
+    # Redis they are the deployment's, there).
+    tenant_days = StateFile(f"{config.state_file}.tenants") if config.state_file and config.tenants else None
+    if tenant_days is not None:
+        tenants.restore_day_usage(tenant_days.load()[0].get("tenant_days"))
     replica: Replica | None = None
     if config.shared_state is not None:
         from proxy.replicas.replica import Replica
@@ -181,7 +186,7 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         # Plain `upstream:`: nothing to choose, so no discovery or health traffic to it.
         tasks.append(asyncio.create_task(run_fleet(fleet, lambda: forwarder.session)))
         tasks.append(asyncio.create_task(sweep_sessions(quality)))
-        tasks.append(asyncio.create_task(export_tenant_usage(tenants)))
+        tasks.append(asyncio.create_task(export_tenant_usage(tenants, tenant_days)))
         tasks.append(asyncio.create_task(run_rollouts(rollouts, lambda: forwarder.config.rollout_tick,
                                                       lambda: forwarder.session, replica)))
         if replica is not None:
@@ -194,6 +199,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
                 await task
         for task in list(notifier.tasks):
             task.cancel()
+        if tenant_days is not None:
+            save_tenant_days(tenants, tenant_days, {})
         if replica is not None:
             if replica.leader:
                 with contextlib.suppress(Exception):
@@ -216,11 +223,30 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
     return app
 
 
-async def export_tenant_usage(tenants: Tenants) -> None:
-    """Each tenant's use against its limits as gauges, every second, off the request path."""
+TENANT_DAYS_SAVE_EVERY = 30.0
+
+
+async def export_tenant_usage(tenants: Tenants, days_file: StateFile | None = None) -> None:
+    """Each tenant's use against its limits as gauges, every second, off the request path;
+    with a state file, the day's tokens saved beside it every 30 s (and at shutdown)."""
+    last_saved: dict[str, Any] = {}
+    next_save = time.monotonic() + TENANT_DAYS_SAVE_EVERY
     while True:
         await asyncio.sleep(1.0)
         tenants.export_usage()
+        if days_file is not None and time.monotonic() >= next_save:
+            next_save = time.monotonic() + TENANT_DAYS_SAVE_EVERY
+            last_saved = save_tenant_days(tenants, days_file, last_saved)
+
+
+def save_tenant_days(tenants: Tenants, days_file: StateFile, last: dict[str, Any]) -> dict[str, Any]:
+    usage = tenants.day_usage()
+    if usage != last:
+        try:
+            days_file.save({"tenant_days": usage})
+        except OSError as exc:
+            log.error("cannot save tenants' daily token use to %s: %s", days_file.path, exc)
+    return usage
 
 
 async def sweep_sessions(quality: QualitySignals) -> None:

@@ -354,3 +354,15 @@ def test_a_broken_count_from_ollama_never_costs_a_tenant_its_slot(httpserver, tm
         assert [chat(p.url, "sk-batch").status_code for _ in range(3)] == [200, 200, 200]
         assert p.value("ollama_proxy_tenant_tokens_total", tenant="batch", kind="prompt") == 0
         assert p.value("ollama_proxy_tenant_tokens_total", tenant="batch", kind="completion") == 3 * 3
+
+
+def test_a_daily_budget_survives_a_restart_of_a_single_proxy(httpserver, fake, tmp_path):
+    tenants = {"daily": {"keys": ["sk-daily"], "limits": {"tokens_per_day": 20}}}
+    state = {"state_file": str(tmp_path / "state.json")}
+    with running_proxy(settings(httpserver, tenants, **state)) as p:
+        assert [chat(p.url, "sk-daily").status_code for _ in range(3)] == [200, 200, 429]
+    saved = json.loads((tmp_path / "state.json.tenants").read_text())
+    assert saved["tenant_days"]["daily"]["tokens"] == 30
+    with running_proxy(settings(httpserver, tenants, **state)) as p:
+        refused = chat(p.url, "sk-daily")
+        assert refused.status_code == 429 and "tokens per day" in refused.json()["error"]

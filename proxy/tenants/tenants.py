@@ -20,7 +20,7 @@ from proxy.common.bearer import bearer_token
 from proxy.config import ProxyConfig, TenantConfig
 from proxy.dataplane.instrument import RequestRecord
 from proxy.metrics import NO_MODEL, NO_ROUTE, ErrorType, ProxyMetrics, remove_series
-from proxy.tenants.limits import LIMIT_NAMES, Refusal, Usage
+from proxy.tenants.limits import DAY, LIMIT_NAMES, Refusal, Usage
 
 
 class Tenants:
@@ -125,6 +125,29 @@ class Tenants:
             usage.finish(self.clock(), self.wall(), tokens)
 
     # --- off the request path -------------------------------------------------------------------
+    def day_usage(self) -> dict[str, dict[str, int]]:
+        """Each tenant's tokens today (UTC), to survive a restart (a daily budget would
+        otherwise start over whenever the proxy does)."""
+        wall = self.wall()
+        out = {}
+        for name, usage in self.usage.items():
+            usage._roll_day(wall)
+            if usage.day_tokens:
+                out[name] = {"day": usage.day, "tokens": usage.day_tokens}
+        return out
+
+    def restore_day_usage(self, saved: Any) -> None:
+        """Take back :meth:`day_usage` as saved; another day's, or a tenant gone, is dropped."""
+        day = int(self.wall() // DAY)
+        for name, entry in (saved if isinstance(saved, dict) else {}).items():
+            usage = self.usage.get(name)
+            if usage is None or not isinstance(entry, dict) or entry.get("day") != day:
+                continue
+            tokens = entry.get("tokens")
+            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
+                usage._roll_day(self.wall())
+                usage.day_tokens = max(usage.day_tokens, tokens)
+
     def export_usage(self) -> None:
         """``ollama_proxy_tenant_usage``: each tenant's use against each of its limits."""
         now, wall = self.clock(), self.wall()
