@@ -169,6 +169,37 @@ def test_a_state_file_is_imported_once_on_the_first_start(tmp_path, httpserver):
         redis.stop()
 
 
+def test_a_redis_that_comes_back_empty_gets_the_replicas_state_not_the_old_file(tmp_path, httpserver):
+    """Redis loses its data (FLUSHALL here; a restart without persistence in life) while the
+    replicas run: they write what they hold, the operator's resume included, and the state
+    file imported at the first start is not imported again."""
+    state_file = tmp_path / "state.json"
+    with running_proxy({"upstream": httpserver.url_for("/").rstrip("/"), "access_log": False,
+                        "routes": {"chat": dict(ROUTE)}, "state_file": str(state_file)}) as single:
+        requests.post(f"{single.url}/admin/routes/chat/rollback", json={"reason": "old"}, timeout=5)
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with ExitStack() as stack:
+            ps = []
+            for i in range(2):
+                settings = replica_settings(tmp_path, httpserver, redis, i)
+                settings["state"]["import_from"] = str(state_file)
+                ps.append(stack.enter_context(running_proxy(settings)))
+            wait_for(lambda: all(backend(p)["up"] for p in ps), 10, "the replicas to join")
+            assert requests.post(f"{ps[0].url}/admin/routes/chat/resume", timeout=5).status_code == 200
+            wait_for(lambda: not route(ps[1])["rolled_back"], 1.0, "the resume everywhere")
+            redis.client().flushall()
+            redis.kill()
+            redis.start()
+            wait_for(lambda: all(backend(p)["up"] for p in ps), 10, "the replicas to join again")
+            time.sleep(0.5)
+            assert all(not route(p)["rolled_back"] for p in ps)
+            saved = json.loads(redis.client().hget("ollama-sidecar:route:chat", "doc"))
+            assert saved["rolled_back"] is False and saved["reason"] == "resume"
+    finally:
+        redis.stop()
+
+
 # --- Redis away --------------------------------------------------------------------------------------
 
 def test_with_redis_down_requests_are_served_admin_changes_get_503_and_state_converges_after(tmp_path, httpserver):

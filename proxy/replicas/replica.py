@@ -97,6 +97,7 @@ class Replica:
         self._lock = asyncio.Lock()
         self._syncs = 0
         self._announced_down = False
+        self._joined_before = False
         metrics.state_backend_up.set(0)
         metrics.replica_leader.set(0)
         self._apply_journal_locally()
@@ -274,6 +275,7 @@ class Replica:
             await self._full_read(force=True)
             was_down = self.down_since
             self.up, self.problem, self.down_since = True, None, None
+            self._joined_before = True
         self.metrics.state_backend_up.set(1)
         self.metrics.state_backend_operations.labels("sync", "ok").inc()
         log.info("shared state: connected to Redis at %s (prefix %r) as replica %s%s", self.cfg.url,
@@ -294,6 +296,11 @@ class Replica:
         """The first replica ever on this prefix writes the state: a state file's, when
         ``import_from`` names one, else its own (from the config)."""
         source = self.cfg.import_from
+        if source and self._joined_before:
+            # Redis came back empty (no persistence) while this replica ran: what it holds
+            # is newer than any state file.
+            log.warning("shared state: Redis at %s holds no state any more; writing this replica's", self.cfg.url)
+            source = None
         if source:
             data, problem = StateFile(source).load(validate_state)
             if problem is None and data:
