@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import yaml
 
@@ -435,7 +435,8 @@ STATE = Section("state", "Redis that several proxy replicas share their routing 
                 "feedback ids through (docs/replicas.md). `state: redis://host:6379/0` is short for "
                 f"`state: {{url: ...}}`. The password comes from the URL, {REDIS_PASSWORD_ENV} or "
                 f"{REDIS_PASSWORD_ENV}_FILE, and is never shown.", (
-    Setting("url", "string", "redis://[:password@]host:port/db, or rediss:// for TLS.",
+    Setting("url", "string", "redis://[:password@]host:port/db, or rediss:// for TLS; redis-py's options may "
+            "follow as a query (rediss://host:6380/0?ssl_ca_certs=/etc/redis/ca.pem for a private CA).",
             required="the Redis to share state through"),
     Setting("key_prefix", "string", "Prefix of every key, so several deployments can share one Redis."),
     Setting("journal", "string", "File where an Alertmanager rollback received while Redis is down is written "
@@ -713,12 +714,18 @@ def split_redis_url(url: str) -> tuple[str, str | None]:
     if not db.isdigit():
         raise ConfigError("state.url", f"database must be a number (redis://host:6379/0), got {db!r}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    # redis-py's own options ride in the query (?ssl_ca_certs=/etc/redis/ca.pem for a
+    # private CA): kept, except a password, which joins the others.
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    password = next((v for k, v in query if k == "password"), None)
+    options = urlencode([(k, v) for k, v in query if k != "password"])
+    tail = f"/{db}" + (f"?{options}" if options else "")
     user = f"{parts.username}@" if parts.username and parts.password is not None else ""
     if parts.username and parts.password is None:  # redis://secret@host: the old password-only form
-        return f"{parts.scheme}://{host}:{port or 6379}/{db}", unquote(parts.username)
+        return f"{parts.scheme}://{host}:{port or 6379}{tail}", unquote(parts.username)
     # percent-encoded in the URL (p%40ss for p@ss), sent as itself
-    return f"{parts.scheme}://{user}{host}:{port or 6379}/{db}", (
-        unquote(parts.password) if parts.password is not None else None)
+    return f"{parts.scheme}://{user}{host}:{port or 6379}{tail}", (
+        unquote(parts.password) if parts.password is not None else password)
 
 
 DEFAULT_TENANT = "default"

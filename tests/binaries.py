@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-INSTALL_HINT = "sudo apt-get install prometheus prometheus-alertmanager redis-server nginx (or run 'make test' as root)"
+INSTALL_HINT = "sudo apt-get install prometheus prometheus-alertmanager redis-server nginx openssl (or run 'make test' as root)"
 
 
 def require_binary(*names: str) -> str:

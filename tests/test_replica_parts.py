@@ -30,6 +30,9 @@ def test_state_as_a_url_or_a_section_and_the_password_never_in_the_url_shown():
     assert "pw" not in repr(short)
     encoded = parse_config({"state": "redis://:p%40ss%3Aw@cache"}, environ={}).shared_state
     assert encoded.password == "p@ss:w"
+    options = parse_config({"state": "rediss://cache:6380/1?ssl_ca_certs=/etc/redis/ca.pem&password=q"},
+                           environ={}).shared_state
+    assert (options.url, options.password) == ("rediss://cache:6380/1?ssl_ca_certs=%2Fetc%2Fredis%2Fca.pem", "q")
 
 
 def test_a_url_that_is_not_redis_is_refused_without_quoting_it():

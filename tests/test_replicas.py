@@ -330,6 +330,22 @@ def test_wrong_password_is_a_clear_problem_and_the_password_is_never_shown(tmp_p
         redis.stop()
 
 
+def test_replicas_share_state_over_tls_and_refuse_a_server_they_cannot_verify(tmp_path, httpserver, caplog):
+    redis = RedisServer(tmp_path / "redis", tls=True).start()
+    try:
+        with replicas(tmp_path, httpserver, 2, redis) as (_, (a, b)):
+            assert backend(a)["url"].startswith("rediss://localhost:")
+            assert requests.put(f"{a.url}/admin/routes/chat", json={"canary_weight": 3}, timeout=5).status_code == 200
+            wait_for(lambda: route(b)["weight"] == 3, 1.0, "the change over TLS")
+        unverified = replica_settings(tmp_path, httpserver, redis, 2)
+        unverified["state"]["url"] = f"rediss://localhost:{redis.port}/0"  # the private CA not given
+        with running_proxy(unverified) as c:
+            wait_for(lambda: "not connected" not in (backend(c)["problem"] or "not connected"), 5, "a problem")
+            assert not backend(c)["up"] and "certificate" in backend(c)["problem"].lower()
+    finally:
+        redis.stop()
+
+
 def test_two_deployments_on_one_redis_keep_apart_by_prefix(tmp_path, httpserver):
     redis = RedisServer(tmp_path / "redis").start()
     try:
