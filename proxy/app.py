@@ -192,11 +192,13 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         if replica is not None:
             tasks.append(asyncio.create_task(replica.run()))
         yield
+        if replica is not None:
+            replica.stopping = True  # its loop leaves at its next turn, cancelled or not
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a background task stuck in a library call must not hold up the stop (the
+        # requests in flight have had their drain already).
+        await asyncio.wait(tasks, timeout=3.0)
         for task in list(notifier.tasks):
             task.cancel()
         if tenant_days is not None:
@@ -204,7 +206,8 @@ def build_app(config: ProxyConfig, metrics: ProxyMetrics | None = None,
         if replica is not None:
             if replica.leader:
                 with contextlib.suppress(Exception):
-                    await replica.transact(list(control.rollouts), control.save)  # the latest evidence
+                    async with asyncio.timeout(2 * config.shared_state.connect_timeout):
+                        await replica.transact(list(control.rollouts), control.save)  # the latest evidence
             await replica.close()
         else:
             control.save()  # the rollouts' latest evidence

@@ -98,6 +98,7 @@ class Replica:
         self._syncs = 0
         self._announced_down = False
         self._joined_before = False
+        self.stopping = False  # set on shutdown: the loop leaves at its next turn
         metrics.state_backend_up.set(0)
         metrics.replica_leader.set(0)
         self._apply_journal_locally()
@@ -228,7 +229,7 @@ class Replica:
     # --- the background loop --------------------------------------------------------------------
     async def run(self) -> None:
         delay = 0.2
-        while True:
+        while not self.stopping:
             pubsub = self.redis.pubsub()
             try:
                 # Subscribed first: a change written during the join is heard, not left to
@@ -252,13 +253,19 @@ class Replica:
             delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
+        """On stop: the last counts out, the lease handed back; each step bounded, so a
+        Redis that does not answer never holds up a shutdown."""
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
                 await self._flush()
                 await self.lease.release(self.store)
         except (*UNAVAILABLE, Exception):
             pass
-        await self.redis.aclose()
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                await self.redis.aclose()
+        except (*UNAVAILABLE, Exception):
+            pass
 
     async def _join(self) -> None:
         """(Re)connect: first start imports, the journal is replayed, then every route read."""
@@ -319,7 +326,7 @@ class Replica:
     async def _serve(self, pubsub: Any) -> None:
         interval = self.cfg.sync_interval
         next_sync = time.monotonic()
-        while True:
+        while not self.stopping:
             if not self.up:
                 # A call elsewhere (a change, a rollout tick, a feedback lookup) found Redis
                 # gone: leave, so the loop backs off and joins again (journal, full read).
@@ -683,7 +690,8 @@ def replay(plane: ControlPlane, entry: dict[str, Any]) -> None:
 
 async def _close(pubsub: Any) -> None:
     try:
-        await pubsub.aclose()
+        async with asyncio.timeout(1.0):
+            await pubsub.aclose()
     except (*UNAVAILABLE, Exception):
         pass
 
