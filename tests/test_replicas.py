@@ -384,7 +384,10 @@ def test_the_breaker_decides_on_the_sum_of_every_replica(tmp_path, httpserver):
             canary = canary_sessions("", 50, 12, p.url)
             stable = [k for k in (f"{p.url}-s{i}" for i in range(100)) if bucket("chat", k) >= 50][:12]
             for c, s in zip(canary, stable):
-                assert chat(p, c).status_code == 500
+                # 500 from the broken canary, until the sum trips the breaker (with the last
+                # replica's requests): stable answers that session then
+                answered = chat(p, c)
+                assert answered.status_code == 500 or answered.headers["X-Sidecar-Arm"] == "stable"
                 assert chat(p, s).status_code == 200
             if p is proxies[0]:
                 time.sleep(0.5)  # flushed and summed several times over: one replica's 12 are not enough
