@@ -144,21 +144,34 @@ def test_concurrent_conflicting_changes_end_in_one_consistent_state(tmp_path, ht
         assert sum(p.value("ollama_proxy_route_changes_total", route="chat", reason="admin") for p in proxies) == 30
 
 
-def test_a_state_file_is_imported_once_on_the_first_start(tmp_path, httpserver):
+def single_proxy_rolled_back(tmp_path: Path, httpserver, reason: str) -> Path:
+    """The state file of one proxy (as before replicas) whose route an operator rolled back."""
     state_file = tmp_path / "state.json"
     with running_proxy({"upstream": httpserver.url_for("/").rstrip("/"), "access_log": False,
                         "routes": {"chat": dict(ROUTE)}, "state_file": str(state_file)}) as single:
-        requests.post(f"{single.url}/admin/routes/chat/rollback", json={"reason": "before replicas"}, timeout=5)
+        requests.post(f"{single.url}/admin/routes/chat/rollback", json={"reason": reason}, timeout=5)
+    return state_file
+
+
+def importing_replicas(stack: ExitStack, tmp_path: Path, httpserver, redis: RedisServer, state_file: Path,
+                       **state: Any) -> list[RunningProxy]:
+    """Two replicas with ``state.import_from`` the file, joined."""
+    ps = []
+    for i in range(2):
+        settings = replica_settings(tmp_path, httpserver, redis, i)
+        settings["state"].update(import_from=str(state_file), **state)
+        ps.append(stack.enter_context(running_proxy(settings)))
+    wait_for(lambda: all(backend(p)["up"] for p in ps), 10, "the replicas to join")
+    return ps
+
+
+def test_a_state_file_is_imported_once_on_the_first_start(tmp_path, httpserver):
+    state_file = single_proxy_rolled_back(tmp_path, httpserver, "before replicas")
     redis = RedisServer(tmp_path / "redis").start()
     try:
         for start in ("first", "second"):
             with ExitStack() as stack:
-                ps = []
-                for i in range(2):
-                    settings = replica_settings(tmp_path, httpserver, redis, i)
-                    settings["state"].update(key_prefix="prod:", import_from=str(state_file))
-                    ps.append(stack.enter_context(running_proxy(settings)))
-                wait_for(lambda: all(backend(p)["up"] for p in ps), 10, "the replicas to join")
+                ps = importing_replicas(stack, tmp_path, httpserver, redis, state_file, key_prefix="prod:")
                 if start == "first":
                     assert all(route(p)["rolled_back"] and route(p)["reason"] == "admin:before replicas" for p in ps)
                     assert requests.post(f"{ps[0].url}/admin/routes/chat/resume", timeout=5).status_code == 200
@@ -173,19 +186,11 @@ def test_a_redis_that_comes_back_empty_gets_the_replicas_state_not_the_old_file(
     """Redis loses its data (FLUSHALL here; a restart without persistence in life) while the
     replicas run: they write what they hold, the operator's resume included, and the state
     file imported at the first start is not imported again."""
-    state_file = tmp_path / "state.json"
-    with running_proxy({"upstream": httpserver.url_for("/").rstrip("/"), "access_log": False,
-                        "routes": {"chat": dict(ROUTE)}, "state_file": str(state_file)}) as single:
-        requests.post(f"{single.url}/admin/routes/chat/rollback", json={"reason": "old"}, timeout=5)
+    state_file = single_proxy_rolled_back(tmp_path, httpserver, "old")
     redis = RedisServer(tmp_path / "redis").start()
     try:
         with ExitStack() as stack:
-            ps = []
-            for i in range(2):
-                settings = replica_settings(tmp_path, httpserver, redis, i)
-                settings["state"]["import_from"] = str(state_file)
-                ps.append(stack.enter_context(running_proxy(settings)))
-            wait_for(lambda: all(backend(p)["up"] for p in ps), 10, "the replicas to join")
+            ps = importing_replicas(stack, tmp_path, httpserver, redis, state_file)
             assert requests.post(f"{ps[0].url}/admin/routes/chat/resume", timeout=5).status_code == 200
             wait_for(lambda: not route(ps[1])["rolled_back"], 1.0, "the resume everywhere")
             redis.client().flushall()

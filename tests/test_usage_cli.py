@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from werkzeug import Request, Response
 
 from proxy.cli import main
 from proxy.commands import usage
+from proxy.commands.children import Child, free_port
 from proxy.metrics import TENANT_REQUESTS
 from proxy.monitoring import DEFAULT as MONITORING
 from tests.binaries import require_binary
@@ -180,12 +180,6 @@ def test_a_page_that_is_not_the_proxys_metrics_is_refused(httpserver, capsys):
 
 # --- (b) Prometheus scraping two replicas ---------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def prometheus_scraping(targets: list[str], workdir: Path) -> Iterator[str]:
     """A real Prometheus scraping ``targets`` (host:port) every 250 ms under the proxies'
@@ -195,30 +189,23 @@ def prometheus_scraping(targets: list[str], workdir: Path) -> Iterator[str]:
     config.write_text(yaml.safe_dump({"scrape_configs": [{
         "job_name": MONITORING.proxy_job, "scrape_interval": "250ms", "scrape_timeout": "250ms",
         "static_configs": [{"targets": targets}]}]}))
-    port = _free_port()
-    log_path = workdir / "prometheus.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                                    f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+    port = free_port()
+    child = Child("prometheus", [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], workdir / "prometheus.log").start()
+    url = f"http://127.0.0.1:{port}"
 
-        def ready() -> bool:
-            assert process.poll() is None, f"prometheus exited: {log_path.read_text()[-2000:]}"
-            try:
-                return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
+    def ready() -> bool:
+        assert child.alive(), f"prometheus exited: {child.log_tail()}"
         try:
-            wait_for(ready, 30, "Prometheus to be ready")
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(ready, 30, "Prometheus to be ready")
+        yield url
+    finally:
+        child.stop()
 
 
 def query(url: str, promql: str) -> list[dict[str, Any]]:
@@ -296,7 +283,7 @@ def test_a_bad_since_is_a_usage_error(since, capsys):
 
 
 def test_unreachable_prometheus_is_one_clear_line_and_exit_3(capsys):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert main(["usage", "--prometheus", url, "--timeout", "2"]) == 3
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith(f"ollama-sidecar usage: cannot reach Prometheus at {url}")
@@ -312,7 +299,7 @@ def test_a_query_prometheus_rejects_exits_1_naming_the_error(httpserver, capsys)
 
 
 def test_unreachable_proxy_exits_3(capsys):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert main(["usage", "--proxy", url, "--timeout", "2"]) == 3
     assert f"cannot reach the proxy's metrics at {url}/metrics" in capsys.readouterr().err
 

@@ -315,6 +315,19 @@ class Rollouts:
         rollout.at_step.add(fresh)
         return fresh
 
+    def pause_timing(self) -> None:
+        """Time from here to the next tick is not time at the step (a replica that does not
+        lead, or has just started to)."""
+        self._last_tick = None
+
+    def take_over(self) -> None:
+        """A replica becomes (or stops being) the leader: tests rebuilt from the saved state,
+        and what the rollouts are now counts as announced by whoever made it so."""
+        self.pause_timing()
+        for route in list(self.plane.rollouts):
+            self.forget(route)
+        self._announced = {route: (str(r.phase), r.step) for route, r in self.plane.rollouts.items()}
+
     def forget(self, route: str) -> None:
         """The route's rollout was replaced (another replica wrote it, or a change was undone):
         its tests are rebuilt from the saved state at the next tick."""

@@ -425,7 +425,7 @@ class Replica:
     async def tick_rollouts(self) -> None:
         """The leader advances rollouts on everyone's counts; others only keep their views."""
         if not self.leader:
-            self.rollouts._last_tick = None  # time as a follower is not time at the step
+            self.rollouts.pause_timing()  # time as a follower is not time at the step
             return
         try:
             await self._flush()
@@ -534,8 +534,6 @@ class Replica:
         records = {name: (self.revs.get(name, 0), plane.route_record(name)) for name in names}
         try:
             revs = await self.store.write_routes(records, alerts, MAX_REMEMBERED_ALERTS)
-        except Conflict:
-            raise
         except UNAVAILABLE:
             self.metrics.state_backend_operations.labels("write", "error").inc()
             raise
@@ -649,12 +647,7 @@ class Replica:
 
     def _leadership_changed(self, held: bool) -> None:
         self.metrics.replica_leader.set(1 if held else 0)
-        self.rollouts._last_tick = None
-        for route in list(self.plane.rollouts):
-            self.rollouts.forget(route)
-        # What the rollouts are now was announced by whoever made it so: a new leader
-        # announces only what changes from here on.
-        self.rollouts._announced = {route: (str(r.phase), r.step) for route, r in self.plane.rollouts.items()}
+        self.rollouts.take_over()  # a new leader announces only what changes from here on
 
 
 def effect_of(before: Any, after: Any, now: float) -> dict[str, Any] | None:

@@ -59,7 +59,7 @@ class SharedTenantLimits:
             for name in names:
                 usage = tenants.usage[name]
                 usage.trim(now)
-                usage._roll_day(wall)
+                usage.roll_day(wall)
                 window = store.key("tenant", name, "window")
                 pipe.hset(window, self.replica, json.dumps({
                     "requests": len(usage.requests), "tokens": usage.token_sum, "in_flight": usage.in_flight,

@@ -99,7 +99,7 @@ class Usage:
             if self.token_sum + others.tokens >= allowed:
                 return Refusal(TOKENS_PER_MINUTE, limits.tokens_per_minute, self._tokens_free_in(now, allowed))
         if limits.tokens_per_day is not None:
-            self._roll_day(wall)
+            self.roll_day(wall)
             theirs = others.day_tokens if others.day == self.day else 0
             if self.day_tokens + theirs >= limits.tokens_per_day:
                 return Refusal(TOKENS_PER_DAY, limits.tokens_per_day, _seconds(DAY - wall % DAY))
@@ -113,10 +113,11 @@ class Usage:
         if tokens > 0:
             self.tokens.append((now, tokens))
             self.token_sum += tokens
-            self._roll_day(wall)
+            self.roll_day(wall)
             self.day_tokens += tokens
 
-    def _roll_day(self, wall: float) -> None:
+    def roll_day(self, wall: float) -> None:
+        """Start the day's count over when the UTC day at ``wall`` is a new one."""
         day = int(wall // DAY)
         if day != self.day:
             self.day, self.day_tokens = day, 0
@@ -133,7 +134,7 @@ class Usage:
     def window(self, now: float, wall: float) -> dict[str, int]:
         """Use against each limit now, every replica's (for the gauges and `usage`)."""
         self.trim(now)
-        self._roll_day(wall)
+        self.roll_day(wall)
         return {REQUESTS_PER_MINUTE: len(self.requests) + self.others.requests,
                 TOKENS_PER_MINUTE: self.token_sum + self.others.tokens,
                 TOKENS_PER_DAY: self.day_tokens + (self.others.day_tokens if self.others.day == self.day else 0),

@@ -131,7 +131,7 @@ class Tenants:
         wall = self.wall()
         out = {}
         for name, usage in self.usage.items():
-            usage._roll_day(wall)
+            usage.roll_day(wall)
             if usage.day_tokens:
                 out[name] = {"day": usage.day, "tokens": usage.day_tokens}
         return out
@@ -145,7 +145,7 @@ class Tenants:
                 continue
             tokens = entry.get("tokens")
             if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
-                usage._roll_day(self.wall())
+                usage.roll_day(self.wall())
                 usage.day_tokens = max(usage.day_tokens, tokens)
 
     def export_usage(self) -> None:
